@@ -1,0 +1,25 @@
+"""Shared test fixtures. Tests make their own data; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_DATA = REPO.parent / "shared" / "reference-data"
+
+
+@pytest.fixture(scope="session")
+def reference_data() -> Path:
+    """The public benchmark metadata beside the checkout; skips the test when absent."""
+    if not REFERENCE_DATA.is_dir():
+        pytest.skip(f"reference data not found at {REFERENCE_DATA}")
+    return REFERENCE_DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_network_weights(monkeypatch, tmp_path_factory):
+    """Point torch's weight cache at an empty folder so no test can use or fetch real weights."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
