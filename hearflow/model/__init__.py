@@ -1,0 +1,29 @@
+"""The HTF network: `build_model` is the one way to make one."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hearflow.config import Config, _qualify, apply_overrides, preset_config
+from hearflow.model.htf import HTF, Localization
+
+__all__ = ["HTF", "Localization", "build_model"]
+
+
+def build_model(preset: str = "htf", pretrained: bool = False, config: Config | None = None, **overrides: Any) -> HTF:
+    """A fresh HTF model for a named preset (or an explicit ``config``) with field overrides.
+
+    ``build_model("htf", prior="spatial")`` or ``build_model(config=cfg, **{"model.width": 32})``.
+    ``pretrained=True`` loads torchvision's ImageNet weights into the encoders the
+    config asks for (``model.vision_pretrained``, ``model.flow_pretrained``); without
+    it every encoder is randomly initialised. The model starts in training mode
+    and keeps its Config at ``model.config``.
+    """
+    if config is None:
+        config = preset_config(preset, **overrides)
+    else:
+        config = copy.deepcopy(config)
+        apply_overrides(config, {_qualify(config, key): value for key, value in overrides.items()})
+        config.validate()
+    return HTF(config, pretrained=pretrained)
