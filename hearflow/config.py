@@ -31,6 +31,7 @@ PRIORS = ("channel", "spatial", "none")
 FLOW_ENCODERS = ("resnet18", "maxpool")
 FLOW_CONV1_INITS = ("random", "rgb-mean")
 FLOW_ENCODINGS = ("signed", "official")
+FLOW_METHODS = ("farneback", "dis")
 
 
 @dataclass
@@ -66,6 +67,10 @@ class DataConfig:
     train_resize: int = 246  # short side before the random crop (224 * 1.1)
     flow_encoding: str = "signed"  # signed pixels | official (clip to [0, 255] / 255)
     flip_negates_flow: bool = True  # released code flips the flow image without negating dx
+    # How `hearflow prepare` (and localize, on the fly) makes the frame and its flow:
+    flow_method: str = "farneback"  # farneback (paper's parameters) | dis (OpenCV DIS, faster)
+    flow_size: int = 256  # short side of the stored frame and of the flow; 0 = original size
+    flow_pairs: int = 1  # frame pairs around the key frame whose flows are averaged
 
 
 @dataclass
@@ -108,6 +113,9 @@ class Config:
         _check_choice("model.flow_encoder", m.flow_encoder, FLOW_ENCODERS)
         _check_choice("model.flow_conv1_init", m.flow_conv1_init, FLOW_CONV1_INITS)
         _check_choice("data.flow_encoding", d.flow_encoding, FLOW_ENCODINGS)
+        _check_choice("data.flow_method", d.flow_method, FLOW_METHODS)
+        if d.flow_size < 0 or d.flow_pairs < 1:
+            raise HearflowError("data.flow_size must be >= 0 and data.flow_pairs >= 1")
         _check_choice("model.map_stride", m.map_stride, (8, 16, 32))
         if m.width < 1 or m.prior_dim < 1:
             raise HearflowError("model.width and model.prior_dim must be positive")
