@@ -1,0 +1,149 @@
+"""Checkpoints: hearflow's own format and the two released ones, loaded safely.
+
+hearflow's format is a dict::
+
+    {"format": "hearflow-checkpoint", "hearflow_version": "...", "config": {...},
+     "state_dict": {...}, **extra}
+
+so a checkpoint alone rebuilds its model and its preprocessing. `load` also reads
+the released ``.pth`` (``{"model": state_dict}``) and the released Lightning
+``.ckpt`` (``{"state_dict": {"model.<name>": ...}, "hyper_parameters": ...}``), and
+builds the ``htf-released`` preset for them (``htf-released-maxpool`` when the
+attention key takes the 2 flow channels). Files are always read with
+``torch.load(weights_only=True)``: nothing but tensors, plain containers and
+``argparse.Namespace`` (in Lightning hyper-parameters) is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hearflow.config import Config
+from hearflow.errors import HearflowError
+from hearflow.model import HTF, build_model
+
+FORMAT = "hearflow-checkpoint"
+_RESERVED = ("format", "hearflow_version", "config", "state_dict")
+
+
+def save_checkpoint(path: str | Path, model: HTF, **extra: Any) -> None:
+    """Write ``model`` (its config and weights) and ``extra`` to ``path`` atomically.
+
+    ``extra`` holds what a resume needs (optimizer state, epoch, rng state, metrics);
+    its values must be tensors, numbers, strings or plain containers of them so that
+    the file loads with ``weights_only=True``.
+    """
+    from hearflow import __version__
+
+    clashes = sorted(set(extra) & set(_RESERVED))
+    if clashes:
+        raise ValueError(f"extra checkpoint entries may not be named {clashes}")
+    path = Path(path)
+    checkpoint = {
+        "format": FORMAT,
+        "hearflow_version": __version__,
+        "config": model.config.to_dict(),
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict (any of the three formats), read with ``weights_only=True``."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as error:
+        raise HearflowError(f"cannot read checkpoint {path}: {error.strerror or error}") from error
+    except Exception as error:  # torch raises many types for unreadable or unsafe files
+        raise HearflowError(f"cannot read checkpoint {path}: {_describe_read_error(error)}") from error
+    if not isinstance(checkpoint, dict):
+        raise HearflowError(f"{path} is not a checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
+    return checkpoint
+
+
+def _describe_read_error(error: Exception) -> str:
+    """One line for a torch.load failure: the refused global, or the error with its type."""
+    text = str(error)
+    marker = "WeightsUnpickler error: "
+    if marker in text:
+        refused = text.split(marker, 1)[1].split(". ", 1)[0]
+        return f"it holds objects that are not weights, refused for safety ({refused})"
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return f"not a PyTorch checkpoint or a damaged one ({type(error).__name__}: {first_line})"
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> HTF:
+    """A model from a hearflow or released checkpoint, in eval mode, config at ``.config``."""
+    checkpoint = load_checkpoint(path, map_location)
+    if checkpoint.get("format") == FORMAT:
+        try:
+            config = Config.from_dict(checkpoint["config"])
+        except HearflowError as error:
+            raise HearflowError(f"checkpoint {path} holds a config this version cannot use: {error}") from error
+        state_dict = checkpoint["state_dict"]
+    else:
+        state_dict = _released_state_dict(path, checkpoint)
+        key_weight = state_dict.get("flowatt.key_conv.weight")
+        maxpool = isinstance(key_weight, torch.Tensor) and key_weight.ndim == 4 and key_weight.shape[1] == 2
+        config = Config.from_dict({"preset": "htf-released-maxpool" if maxpool else "htf-released"})
+    model = build_model(config=config)
+    load_state(model, state_dict, path)
+    return model.to(map_location).eval()
+
+
+def _released_state_dict(path: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(checkpoint.get("model"), dict):
+        return checkpoint["model"]
+    if isinstance(checkpoint.get("state_dict"), dict):
+        prefix = "model."
+        return {
+            name[len(prefix):] if name.startswith(prefix) else name: value
+            for name, value in checkpoint["state_dict"].items()
+        }
+    raise HearflowError(
+        f"{path} is not a hearflow checkpoint nor a released one: it has no 'format', 'model' "
+        f"or 'state_dict' entry (top-level keys: {', '.join(map(str, list(checkpoint)[:8])) or 'none'})"
+    )
+
+
+def load_state(model: torch.nn.Module, state_dict: dict[str, Any], path: str | Path) -> None:
+    """Load ``state_dict`` strictly; any mismatch is one HearflowError naming the keys."""
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state_dict]
+    unexpected = [name for name in state_dict if name not in expected]
+    mismatched = [
+        f"{name} {tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}"
+        f" (model: {tuple(expected[name].shape)})"
+        for name, value in state_dict.items()
+        if name in expected and (not isinstance(value, torch.Tensor) or value.shape != expected[name].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{label} {len(names)}: {_first(names)}"
+            for label, names in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", mismatched))
+            if names
+        ]
+        raise HearflowError(
+            f"checkpoint {path} does not match a {model.config.preset} model: {'; '.join(parts)}"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _first(names: list[str], count: int = 6) -> str:
+    shown = ", ".join(names[:count])
+    return shown + (f", ... ({len(names) - count} more)" if len(names) > count else "")
