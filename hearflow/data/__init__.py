@@ -1,0 +1,1 @@
+"""From prepared files to model inputs: the prepared layout, annotations, transforms, dataset."""

@@ -1,0 +1,314 @@
+"""The benchmark metrics of sound-source localization, as the published tables computed them.
+
+The protocol (``../shared/notes/method-and-protocol.md``, the released HTF/LVS code):
+
+1. the similarity map of a pair (``h x w``, float32) is resized to 224 x 224 with
+   OpenCV's bicubic interpolation and min-max normalised (left as is when max == min);
+2. threshold ``t`` = the value at index 224*224/2 of the ascending sorted map;
+   predicted pixels are those above ``t`` (see `_binarize` for the released edge cases);
+3. the ground truth is a 224 x 224 map: the consensus of the Flickr SoundNet annotators
+   (`gt_map_flickr`) or the union of the VGG-SS boxes (`gt_map_vggss`);
+4. cIoU = sum(pred * gt) / (sum(gt) + sum(pred * (gt == 0))).
+
+Over a set: cIoU@0.5 (fraction of samples with cIoU >= 0.5), AUC (trapezoidal area
+under the fraction of samples with cIoU >= x for x = 0, 0.05, ..., 1) and mean cIoU
+(`summarize`); AP and max-F1 over a per-sample confidence on sets with no-source
+samples (`ap_max_f1`).
+
+Everything here is vectorised over the samples. The resize is OpenCV's own float32
+``INTER_CUBIC`` restated in numpy operation by operation (`upsample_maps`), so its
+output is bit-identical to ``cv2.resize`` on OpenCV's own code path (the one OpenCV 4.x
+takes by default and the published numbers came from). Newer OpenCV wheels (>= 4.11,
+5.x) may route float resizes through Intel IPP, whose results differ by up to a
+float32 ulp; that moves a pixel across the threshold in a few samples per thousand
+(a cIoU change of about 2e-5 there), never the published three digits.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hearflow.errors import HearflowError
+
+MAP_SIZE = 224  # side of the ground-truth and the resized prediction maps (pixels)
+THRESHOLD_INDEX = MAP_SIZE * MAP_SIZE // 2  # position of t in the ascending sorted map
+FLICKR_GRID = 256  # Flickr SoundNet boxes are given on a 256 x 256 grid
+AUC_THRESHOLDS = 0.05 * np.arange(21)  # 0, 0.05, ..., 1.0, the same float64 values as 0.05 * i
+_CHUNK = 16  # samples per vectorised step of `ciou`: keeps the working set in cache
+
+
+# ----------------------------------------------------------------------------------------
+# Ground truth
+
+
+def read_flickr_boxes(xml_path: str | Path) -> list[tuple[int, int, int, int]]:
+    """The annotators' boxes of one Flickr SoundNet XML file: ``(xmin, ymin, xmax, ymax)``
+    on the 256 x 256 grid.
+
+    As the released evaluation reads it: every ``bbox`` element one level below the
+    root's children (``<annotation><bboxes><bbox>...``); its first child is a label and
+    the next four are xmin, ymin, xmax, ymax. Raises HearflowError naming the file when
+    it is unreadable, holds no ``bbox`` or a box is not four numbers.
+    """
+    path = Path(xml_path)
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as error:
+        raise HearflowError(f"cannot read Flickr annotation {path}: {error}") from error
+    boxes = []
+    for element in root.findall("./*/bbox"):
+        fields = list(element)[1:5]
+        try:
+            if len(fields) != 4:
+                raise ValueError(f"{len(fields)} coordinates")
+            boxes.append(tuple(_number(field.text) for field in fields))
+        except (TypeError, ValueError) as error:
+            raise HearflowError(
+                f"Flickr annotation {path}: a <bbox> needs a label then xmin, ymin, xmax, ymax numbers ({error})"
+            ) from None
+    if not boxes:
+        raise HearflowError(f"Flickr annotation {path} holds no <bbox> element (expected <annotation><bboxes><bbox>...)")
+    return boxes
+
+
+def flickr_consensus_map(boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    """Float32 224 x 224 consensus map of boxes on the 256 grid: sum of the box masks / 2,
+    clipped at 1 (a pixel inside two annotators' boxes counts fully, inside one half).
+
+    Each coordinate v becomes ``int(224 * v / 256)``; a box covers rows ymin:ymax and
+    columns xmin:xmax (Python slicing, as the released code).
+    """
+    total = np.zeros((MAP_SIZE, MAP_SIZE), np.float64)
+    for box in boxes:
+        xmin, ymin, xmax, ymax = (int(MAP_SIZE * value / FLICKR_GRID) for value in box)
+        total[ymin:ymax, xmin:xmax] += 1
+    return np.minimum(total / 2, 1).astype(np.float32)
+
+
+def gt_map_flickr(xml_path: str | Path) -> np.ndarray:
+    """Float32 224 x 224 ground truth of one Flickr SoundNet XML file (values 0, 0.5, 1)."""
+    return flickr_consensus_map(read_flickr_boxes(xml_path))
+
+
+def gt_map_vggss(boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    """Float32 224 x 224 union of VGG-SS boxes ``[[x0, y0, x1, y1], ...]`` normalised to [0, 1].
+
+    Each coordinate v becomes ``int(224 * max(v, 0))`` (the released rule: the file's
+    negative sentinels give empty boxes); an empty list gives an all-zero map.
+    """
+    union = np.zeros((MAP_SIZE, MAP_SIZE), np.float32)
+    for box in boxes:
+        if len(box) != 4:
+            raise ValueError(f"a VGG-SS box is [x0, y0, x1, y1], got {list(box)!r}")
+        xmin, ymin, xmax, ymax = (int(MAP_SIZE * max(float(value), 0.0)) for value in box)
+        union[ymin:ymax, xmin:xmax] = 1
+    return union
+
+
+def _number(text: str | None) -> float | int:
+    text = (text or "").strip()
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+# ----------------------------------------------------------------------------------------
+# Predictions
+
+
+def upsample_maps(similarity_maps, size: int = MAP_SIZE) -> np.ndarray:
+    """Resize ``N x h x w`` maps to ``N x size x size`` float32, bit-identical to
+    ``cv2.resize(map.astype(float32), (size, size), interpolation=cv2.INTER_CUBIC)``.
+
+    OpenCV's float32 bicubic, restated: Keys' cubic (A = -0.75) weights computed in
+    float32 from the source position ``(d + 0.5) * src / size - 0.5``, edge taps clamped;
+    a horizontal pass summing its four products left to right, then a vertical pass
+    summing them as ``p0 + (p1 + (p2 + p3))``, every product and sum rounded to float32.
+    """
+    maps = np.asarray(similarity_maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"similarity maps must be N x h x w, got shape {maps.shape}")
+    n, height, width = maps.shape
+    columns, column_weights = _cubic_taps(width, size)
+    rows, row_weights = _cubic_taps(height, size)
+    products = maps[:, :, columns] * column_weights  # N x h x size x 4
+    horizontal = ((products[..., 0] + products[..., 1]) + products[..., 2]) + products[..., 3]
+    out = horizontal[:, rows[:, 3], :] * row_weights[:, 3, None]
+    term = np.empty_like(out)
+    for tap in (2, 1, 0):
+        np.take(horizontal, rows[:, tap], axis=1, out=term)
+        term *= row_weights[:, tap, None]
+        out += term
+    return out
+
+
+@lru_cache(maxsize=16)
+def _cubic_taps(source: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices (size x 4, clamped) and float32 weights (size x 4) of OpenCV's cubic."""
+    f32 = np.float32
+    position = ((np.arange(size) + 0.5) * (source / size) - 0.5).astype(f32)  # double, then float
+    start = np.floor(position).astype(np.int64)
+    x = position - start.astype(f32)
+    a = f32(-0.75)
+    one = f32(1)
+    w0 = ((a * (x + one) - f32(5) * a) * (x + one) + f32(8) * a) * (x + one) - f32(4) * a
+    w1 = ((a + f32(2)) * x - (a + f32(3))) * x * x + one
+    w2 = ((a + f32(2)) * (one - x) - (a + f32(3))) * (one - x) * (one - x) + one
+    w3 = one - w0 - w1 - w2
+    weights = np.stack([w0, w1, w2, w3], axis=1).astype(f32)
+    indices = np.clip(start[:, None] + np.arange(-1, 3), 0, source - 1)
+    weights.setflags(write=False)
+    indices.setflags(write=False)
+    return indices, weights
+
+
+def _binarize(normalised_maps: np.ndarray) -> np.ndarray:
+    """Boolean prediction of min-max-normalised maps ``N x P`` (float32), as released.
+
+    The released code sets pixels above t to 1, then pixels below 1 to 0, then keeps
+    pixels >= 0.5: prediction = (m > t) or (m >= 1). The second term matters only when
+    t >= 1 (the upper half of a map flat at its maximum, or a constant map >= 1, which
+    normalisation leaves as is); then the prediction is m >= 1.
+
+    t is selected on the float32 bit patterns read as int32 (about 3x faster than a
+    float selection): for the normalised maps (no value below zero) their order is the
+    values' order, -0.0 coming first with +0.0; a constant map's elements are all equal.
+    """
+    kth = np.partition(normalised_maps.view(np.int32), THRESHOLD_INDEX, axis=1)[:, THRESHOLD_INDEX]
+    threshold = kth.view(np.float32)
+    below_one = np.nextafter(np.float32(1), np.float32(0))
+    threshold = np.where(threshold >= 1, below_one, threshold)
+    return normalised_maps > threshold[:, None]
+
+
+def ciou(similarity_maps, gt_maps) -> np.ndarray:
+    """Per-sample cIoU (float64, N) of similarity maps ``N x h x w`` against ground-truth
+    maps ``N x 224 x 224``, following the protocol step by step (module docstring).
+
+    Maps are taken as float32 (the released code resized the model's float32 output);
+    ground truth may be any float array. A sample whose ground truth and prediction are
+    both empty (only possible for a constant map below 1) has a zero denominator: its
+    cIoU is defined as 0 (the released code produced NaN, which its ``>=`` tests also
+    count as a miss). An empty ground truth with a non-empty prediction gives 0 too.
+    """
+    maps = np.asarray(similarity_maps, dtype=np.float32)
+    gt = np.asarray(gt_maps)
+    if maps.ndim != 3 or gt.shape != (len(maps), MAP_SIZE, MAP_SIZE):
+        raise ValueError(
+            f"ciou needs similarity maps N x h x w and ground truth N x {MAP_SIZE} x {MAP_SIZE}, "
+            f"got {maps.shape} and {gt.shape}"
+        )
+    if not np.isfinite(maps).all():
+        bad = np.flatnonzero(~np.isfinite(maps).reshape(len(maps), -1).all(axis=1))
+        raise HearflowError(f"similarity maps hold NaN or inf (samples {bad[:10].tolist()})")
+    result = np.empty(len(maps), np.float64)
+    for start in range(0, len(maps), _CHUNK):
+        stop = start + _CHUNK
+        result[start:stop] = _ciou_chunk(maps[start:stop], gt[start:stop].reshape(-1, MAP_SIZE * MAP_SIZE))
+    return result
+
+
+def _ciou_chunk(maps: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    values = upsample_maps(maps).reshape(len(maps), -1)
+    low = values.min(axis=1, keepdims=True)
+    high = values.max(axis=1, keepdims=True)
+    constant = (high == low)[:, 0]
+    normalised = values - low
+    normalised /= np.where(constant[:, None], np.float32(1), high - low)
+    normalised[constant] = values[constant]  # released: unchanged when max == min
+    predicted = _binarize(normalised)
+    intersection = np.where(predicted, gt, 0).sum(axis=1, dtype=np.float64)
+    outside = np.count_nonzero(predicted & (gt == 0), axis=1)
+    denominator = gt.sum(axis=1, dtype=np.float64) + outside
+    return np.divide(intersection, denominator, out=np.zeros(len(maps)), where=denominator > 0)
+
+
+# ----------------------------------------------------------------------------------------
+# Set-level metrics
+
+
+def summarize(cious) -> dict[str, float]:
+    """``{"ciou_at_0_5", "auc", "mean_ciou"}`` of per-sample cIoUs.
+
+    cIoU@0.5 = fraction of samples with cIoU >= 0.5; AUC = trapezoidal area (as
+    ``sklearn.metrics.auc``) of y(x) = fraction with cIoU >= x at x = 0, 0.05, ..., 1.0;
+    mean_ciou = the mean. Computed with the released code's float64 operations.
+    """
+    values = np.asarray(cious, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise ValueError("summarize needs at least one cIoU")
+    fractions = (values[:, None] >= AUC_THRESHOLDS).sum(axis=0) / values.size
+    widths = np.diff(AUC_THRESHOLDS)
+    auc = (widths * (fractions[1:] + fractions[:-1]) / 2.0).sum()
+    return {
+        "ciou_at_0_5": float(np.sum(values >= 0.5) / values.size),
+        "auc": float(auc),
+        "mean_ciou": float(np.mean(values)),
+    }
+
+
+def ap_max_f1(confidence, has_source, cious, iou_threshold: float = 0.5) -> dict[str, float]:
+    """AP and max-F1 of localisation on a set that contains no-source samples.
+
+    Follows SLAVC (Mo & Morgado, "A closer look at weakly-supervised audio-visual source
+    localization", NeurIPS 2022; stoneMo/SLAVC ``utils.EvaluatorFull``), the source of
+    these numbers on the "plus silent" test lists. At a confidence threshold c, the
+    samples with confidence >= c are detections:
+
+    - true positive: a detection on a sample with a source and cIoU >= iou_threshold;
+    - false positive: a detection on a no-source sample, or on a source sample with
+      cIoU < iou_threshold (a detection in the wrong place);
+    - false negative: a sample with a source and confidence < c;
+    - precision = tp / (tp + fp) (1 with no detection), recall = tp / (tp + fn)
+      (1 when tp + fn = 0). A mislocalised detection is a false positive, not a miss.
+
+    AP: thresholds = the ascending sorted confidences without the largest, taken from
+    the top every max(1, N // 200)-th; precision made monotone (max over the lower
+    thresholds); AP = sum_i precision_i * (recall_{i+1} - recall_i).
+    max-F1: the largest 2PR / (P + R) (0 when P + R = 0) over the thresholds every
+    max(1, N // 10)-th ascending sorted confidence from the smallest.
+    The cIoU of a no-source sample is not used.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    has_source = np.asarray(has_source, dtype=bool).ravel()
+    cious = np.asarray(cious, dtype=np.float64).ravel()
+    if not (len(confidence) == len(has_source) == len(cious)) or len(confidence) == 0:
+        raise ValueError(
+            f"ap_max_f1 needs equal, non-zero lengths, got {len(confidence)}, {len(has_source)}, {len(cious)}"
+        )
+    correct = has_source & (cious >= iou_threshold)
+    ranked = np.sort(confidence)
+    n = len(ranked)
+
+    ap_thresholds = ranked[:-1][:: -max(1, n // 200)]
+    precision, recall = _precision_recall(confidence, has_source, correct, ap_thresholds)
+    best_precision = np.maximum.accumulate(precision[::-1])[::-1]
+    ap = float(np.sum(best_precision[:-1] * np.diff(recall)))
+
+    precision, recall = _precision_recall(confidence, has_source, correct, ranked[:: max(1, n // 10)])
+    total = precision + recall
+    f1 = np.divide(2 * recall * precision, total, out=np.zeros_like(total), where=total > 0)
+    return {"ap": ap, "max_f1": float(f1.max())}
+
+
+def _precision_recall(confidence, has_source, correct, thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """SLAVC's precision and recall at each confidence threshold (detections: conf >= c)."""
+
+    def detected(mask):  # per threshold, how many samples of `mask` have confidence >= c
+        values = np.sort(confidence[mask])
+        return len(values) - np.searchsorted(values, thresholds, side="left")
+
+    true_positive = detected(correct)
+    false_positive = detected(~correct)
+    false_negative = np.count_nonzero(has_source) - detected(has_source)
+    detections = true_positive + false_positive
+    relevant = true_positive + false_negative
+    precision = np.divide(true_positive, detections, out=np.ones(len(thresholds)), where=detections > 0)
+    recall = np.divide(true_positive, relevant, out=np.ones(len(thresholds)), where=relevant > 0)
+    return precision, recall
