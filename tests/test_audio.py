@@ -1,0 +1,95 @@
+"""hearflow.media.audio: window alignment, edges, tiling, channel layouts, resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hearflow.errors import HearflowError
+from hearflow.media.audio import read_audio, read_audio_window, resample
+from media_fixtures import click_track, tone_track, write_video
+
+RATE = 16000
+
+
+def click_position(window: np.ndarray, rate: int = RATE) -> float:
+    """Seconds from the window start to the click (its first loud sample)."""
+    return float(np.argmax(np.abs(window) > 0.3)) / rate
+
+
+# (container, audio codec, rate, channels): the layouts and rates real clips come in
+LAYOUTS = [
+    (".mp4", "aac", 44100, 2),
+    (".mp4", "aac", 8000, 1),
+    (".mkv", "aac", 48000, 6),
+    (".mkv", "pcm_s16le", 22050, 2),
+    (".webm", "libopus", 48000, 2),
+]
+
+
+@pytest.mark.parametrize("suffix,codec,rate,channels", LAYOUTS)
+def test_click_lands_at_the_right_sample(tmp_path, suffix, codec, rate, channels):
+    # A click at 3.217 s in an 8-s clip; windows centred so it falls at several offsets.
+    path = write_video(tmp_path / f"clip{suffix}", 50, 6.25, (64, 48), audio=click_track(8.0, rate, 3.217, channels),
+                       sample_rate=rate, audio_codec=codec)
+    # Matroska stores times in whole milliseconds, so allow 1.5 ms there, 1 ms elsewhere
+    tolerance = 0.0015 if suffix in (".mkv", ".webm") and codec != "pcm_s16le" else 0.001
+    for center in (3.217, 2.5, 4.1, 3.9):
+        window = read_audio_window(path, center, 3.0, RATE)
+        assert window.shape == (3 * RATE,) and window.dtype == np.float32
+        assert click_position(window) == pytest.approx(3.217 - (center - 1.5), abs=tolerance), center
+
+
+def test_window_is_shifted_inside_the_track_at_both_ends(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", 50, 10, (64, 48), audio=click_track(5.0, 44100, 0.4, 1), sample_rate=44100)
+    start = read_audio_window(path, 0.2, 3.0, RATE)  # would start at -1.3 s: starts at 0 instead
+    assert click_position(start) == pytest.approx(0.4, abs=0.001)
+    late = write_video(tmp_path / "late.mp4", 50, 10, (64, 48), audio=click_track(5.0, 44100, 4.6, 1), sample_rate=44100)
+    end = read_audio_window(late, 4.9, 3.0, RATE)  # would end at 6.4 s: ends with the track (5 s)
+    assert click_position(end) == pytest.approx(4.6 - 2.0, abs=0.02)
+    assert np.abs(end[-RATE // 10 :]).max() > 0.001  # audio up to the end, no zero padding
+
+
+def test_short_clip_is_tiled(tmp_path):
+    path = write_video(tmp_path / "short.mp4", 20, 20, (64, 48), audio=click_track(1.0, 16000, 0.25, 1), sample_rate=16000)
+    window = read_audio_window(path, 0.5, 3.0, RATE)
+    assert window.shape == (3 * RATE,)
+    clicks = np.flatnonzero(np.diff((np.abs(window) > 0.3).astype(int)) == 1) + 1
+    whole = read_audio(path, RATE)
+    period = len(whole)
+    assert period == pytest.approx(RATE, abs=RATE * 0.05)
+    assert len(clicks) == 3
+    assert np.diff(clicks) == pytest.approx([period, period], abs=1)
+    assert clicks[0] / RATE == pytest.approx(0.25, abs=0.001)
+
+
+def test_channels_are_mixed_to_mono_and_rates_converted(tmp_path):
+    tone = tone_track(2.0, 48000, 1000.0, channels=6)
+    path = write_video(tmp_path / "surround.mkv", 20, 10, (64, 48), audio=tone, sample_rate=48000, audio_codec="pcm_s16le")
+    audio = read_audio(path, 16000)
+    assert audio.ndim == 1 and len(audio) == 32000
+    # a 1 kHz tone stays a 1 kHz tone at the new rate
+    segment = audio[4000:20000]
+    frequency = np.argmax(np.abs(np.fft.rfft(segment))) * 16000 / len(segment)
+    assert frequency == pytest.approx(1000, abs=2)
+    assert np.abs(segment).max() > 0.1
+
+
+def test_resample_matches_the_analytic_signal():
+    rng = np.random.default_rng(1)
+    for from_rate, to_rate in [(44100, 16000), (48000, 22050), (8000, 16000), (22050, 22050)]:
+        frequency = rng.uniform(100, 1500)
+        t_in = np.arange(from_rate) / from_rate
+        t_out = np.arange(to_rate) / to_rate
+        out = resample(np.sin(2 * np.pi * frequency * t_in), from_rate, to_rate)
+        assert out.dtype == np.float32 and out.shape == (to_rate,)
+        inner = slice(to_rate // 10, -to_rate // 10)  # away from the edges
+        assert np.abs(out[inner] - np.sin(2 * np.pi * frequency * t_out[inner])).max() < 0.01
+    stereo = resample(np.ones((4410, 2)), 44100, 16000)
+    assert stereo.shape == (1600, 2)
+
+
+def test_no_audio_stream_is_an_error(tmp_path):
+    path = write_video(tmp_path / "silent.mp4", 10, 10, (64, 48))
+    with pytest.raises(HearflowError, match="no audio stream"):
+        read_audio_window(path, 0.5, 3.0, RATE)

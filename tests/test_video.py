@@ -1,0 +1,146 @@
+"""hearflow.media.video: frame counts, frame-exact seeking, rotation, VFR, bad files."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from hearflow.errors import HearflowError
+from hearflow.media.video import iter_frame_pairs, key_frame_index, probe, read_frame_pair, read_frames
+from media_fixtures import index_frame, read_index, sequential_frames, tone_track, write_audio_only, write_video
+
+# (file name, write_video keyword arguments): containers, codecs and GOP structures
+CODECS = {
+    "h264_bframes.mp4": {},
+    "h264_gop7.mp4": {"gop": 7},
+    "h264_10bit.mp4": {"pix_fmt": "yuv420p10le"},
+    "h264.mkv": {},
+    "vp9.webm": {},
+    "mpeg4.avi": {},
+    "hevc.mkv": {"video_codec": "libx265", "options": {"x265-params": "log-level=error"}},
+    "odd_size_444.mkv": {"size": (97, 61), "pix_fmt": "yuv444p"},
+}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    made = {}
+    for name, options in CODECS.items():
+        options = {"size": (96, 64), **options}
+        made[name] = write_video(folder / name, 41, 25, **options)
+    return made
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_every_pair_is_what_a_sequential_decode_gives(videos, name):
+    path = videos[name]
+    reference = sequential_frames(path)
+    info = probe(path)
+    assert info.n_frames == len(reference) == 41
+    assert (info.width, info.height) == (reference[0].shape[1], reference[0].shape[0])
+    assert [read_index(frame) for frame in reference] == list(range(41))
+    for index in range(info.n_frames - 1):
+        frame, next_frame = read_frames(path, index, 2, info)
+        assert np.array_equal(frame, reference[index]), f"frame {index}"
+        assert np.array_equal(next_frame, reference[index + 1]), f"frame {index + 1}"
+
+
+def test_default_pair_is_the_middle_frame(videos):
+    path = videos["h264_bframes.mp4"]
+    pair = read_frame_pair(path)
+    assert pair.index == 41 // 2 == key_frame_index(41)
+    assert (read_index(pair.frame), read_index(pair.next_frame)) == (20, 21)
+    assert pair.time_s == pytest.approx(20 / 25)
+    assert key_frame_index(2) == 0 and key_frame_index(3) == 1 and key_frame_index(10) == 5
+
+
+def test_pair_by_time_and_at_the_end(videos):
+    path = videos["h264_gop7.mp4"]
+    assert read_frame_pair(path, time_s=0.5).index == 12  # frame 12 shows from 0.48 s to 0.52 s
+    assert read_frame_pair(path, time_s=0.479).index == 11
+    last = read_frame_pair(path, index=40)  # the last frame has no successor: the last pair
+    assert (last.index, read_index(last.next_frame)) == (39, 40)
+    with pytest.raises(HearflowError, match="41 frames"):
+        read_frame_pair(path, index=41)
+
+
+def test_variable_frame_rate_maps_time_to_the_right_frame(tmp_path):
+    times = np.cumsum([0.0] + [0.02, 0.07] * 12)[:25]
+    path = write_video(tmp_path / "vfr.mp4", 25, 30, frame_times=list(times))
+    info = probe(path)
+    assert info.n_frames == 25
+    assert [info.frame_time(i) for i in range(25)] == pytest.approx(list(times), abs=1e-3)
+    assert info.fps == pytest.approx(24 / times[-1], rel=1e-3)
+    for index in (3, 12, 17):
+        pair = read_frame_pair(path, time_s=times[index] + 0.005)
+        assert pair.index == index and read_index(pair.frame) == index
+        assert pair.time_s == pytest.approx(times[index], abs=1e-3)
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotated_video_comes_out_in_display_orientation(tmp_path, rotation):
+    path = write_video(tmp_path / "phone.mp4", 6, 25, (96, 64), rotation=rotation)
+    info = probe(path)
+    assert info.rotation == rotation % 360
+    assert (info.width, info.height) == ((64, 96) if rotation % 180 else (96, 64))
+    coded = sequential_frames(path)
+    pair = read_frame_pair(path)
+    assert pair.frame.shape == (info.height, info.width, 3)
+    # VideoFrame.rotation is counter-clockwise: np.rot90 turns the coded frame the same way
+    assert np.array_equal(pair.frame, np.rot90(coded[3], k=(rotation % 360) // 90))
+    assert read_index(np.rot90(pair.frame, k=-((rotation % 360) // 90))) == 3
+
+
+def test_truncated_file_counts_the_frames_it_really_has(tmp_path):
+    full = write_video(tmp_path / "full.mkv", 90, 30, (96, 64))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with av.open(str(cut)) as container:
+        declared = container.duration / av.time_base
+    info = probe(cut)
+    assert 20 < info.n_frames < 80 and declared == pytest.approx(3.0, abs=0.05)
+    assert info.duration_s == pytest.approx(info.n_frames / 30, abs=0.01)
+    pair = read_frame_pair(cut)
+    assert pair.index == info.n_frames // 2
+    assert read_index(pair.frame) == pair.index
+
+
+def test_4k_frame_pair(tmp_path):
+    frames = [index_frame(i, 3840, 2160) for i in range(3)]
+    path = write_video(tmp_path / "uhd.mp4", 3, 25, (3840, 2160), frames=frames, options={"preset": "ultrafast"})
+    pair = read_frame_pair(path)
+    assert pair.frame.shape == (2160, 3840, 3) and pair.index == 1
+    assert (read_index(pair.frame), read_index(pair.next_frame)) == (1, 2)
+
+
+def test_iter_frame_pairs_streams_consecutive_frames(videos):
+    path = videos["h264_bframes.mp4"]
+    pairs = list(iter_frame_pairs(path))
+    assert [p.index for p in pairs] == list(range(40))
+    assert all(read_index(p.frame) == p.index and read_index(p.next_frame) == p.index + 1 for p in pairs)
+    every = list(iter_frame_pairs(path, every_s=0.5))  # 25 fps: frames 0, 13 (0.52 s >= 0.5), 25, 38
+    assert [p.index for p in every] == [0, 13, 25, 38]
+    assert [p.time_s for p in every] == pytest.approx([0.0, 0.52, 1.0, 1.52])
+
+
+def test_bad_files_raise_clear_errors(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 20)
+    audio_only = write_audio_only(tmp_path / "song.m4a", tone_track(1.0, 16000), 16000)
+    one = write_video(tmp_path / "one.mp4", 1, 25, (64, 48))
+    with pytest.raises(HearflowError, match="empty file"):
+        probe(empty)
+    with pytest.raises(HearflowError, match="not a readable video"):
+        probe(text)
+    with pytest.raises(HearflowError, match="no video stream"):
+        probe(audio_only)
+    with pytest.raises(HearflowError, match="no such file"):
+        probe(tmp_path / "absent.mp4")
+    assert probe(one).n_frames == 1
+    with pytest.raises(HearflowError, match="at least 2"):
+        read_frame_pair(one)
