@@ -1,0 +1,323 @@
+"""The prepared layout: what `hearflow prepare` writes and every later stage reads.
+
+hearflow's layout::
+
+    OUT/manifest.csv     one row per finished sample (MANIFEST_COLUMNS)
+    OUT/failures.csv     one row per input that could not be prepared (FAILURE_COLUMNS)
+    OUT/prepare.json     the recipe (sample rate, window, flow method, size, pairs)
+    OUT/frames/{id}.jpg  the key frame at the working size, JPEG quality 95
+    OUT/flow/{id}.npy    float16 H x W x 2 (dx, dy), the frame's H x W, signed pixels
+    OUT/audio/{id}.wav   16-bit PCM mono, the audio window at the recipe's rate
+
+A run with ``--shard I/N`` writes ``manifest.shard-I-of-N.csv`` and
+``failures.shard-I-of-N.csv`` instead, so shards can share one folder; the reader
+takes the union of all manifests.
+
+The released layout (read only): ``frames/{id}.jpg``, ``flow/flow_x/{id}.jpg``,
+``flow/flow_y/{id}.jpg`` (8-bit, the flow clipped to [0, 255]) and ``audio/{id}.wav``.
+
+Every file is written atomically (``name.tmp-<pid>`` then `os.replace`), and a
+sample is finished only once its manifest row exists, which is appended last, so a
+run killed at any moment leaves no sample that looks finished but is not.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hearflow.errors import HearflowError
+
+JPEG_QUALITY = 95
+MANIFEST_COLUMNS = (
+    "id",
+    "video",
+    "key_frame",  # 0-based index of the key frame in presentation order
+    "time_s",  # its presentation time, seconds from the start of the file
+    "fps",
+    "width",  # display size of the video
+    "height",
+    "duration_s",
+    "n_frames",  # counted, not declared
+    "rotation",  # counter-clockwise degrees applied for display
+    "frame_width",  # size of the stored frame and flow
+    "frame_height",
+    "flow_method",
+    "flow_pairs",
+    "flow_mean_magnitude",  # mean |(dx, dy)| over the stored flow, pixels of the stored frame
+    "sample_rate",
+    "audio_seconds",
+)
+FAILURE_COLUMNS = ("id", "video", "stage", "error")
+FAILURE_STAGES = ("input", "probe", "decode", "flow", "audio", "write", "timeout", "crash")
+TMP_MARKER = ".tmp-"
+
+
+@dataclass
+class PreparedSample:
+    """One sample: frame RGB uint8 H x W x 3, flow float32 H x W x 2, audio float32 (n,)."""
+
+    id: str
+    frame: np.ndarray
+    flow: np.ndarray
+    audio: np.ndarray
+    sample_rate: int
+
+
+def sample_paths(root: str | Path, sample_id: str) -> dict[str, Path]:
+    """The files of one sample in hearflow's layout."""
+    root = Path(root)
+    return {
+        "frame": root / "frames" / f"{sample_id}.jpg",
+        "flow": root / "flow" / f"{sample_id}.npy",
+        "audio": root / "audio" / f"{sample_id}.wav",
+    }
+
+
+def released_paths(root: str | Path, sample_id: str) -> dict[str, Path]:
+    """The files of one sample in the released layout."""
+    root = Path(root)
+    return {
+        "frame": root / "frames" / f"{sample_id}.jpg",
+        "flow_x": root / "flow" / "flow_x" / f"{sample_id}.jpg",
+        "flow_y": root / "flow" / "flow_y" / f"{sample_id}.jpg",
+        "audio": root / "audio" / f"{sample_id}.wav",
+    }
+
+
+def manifest_name(shard: tuple[int, int] | None) -> str:
+    return "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+def failures_name(shard: tuple[int, int] | None) -> str:
+    return "failures.csv" if shard is None else f"failures.shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through ``path.tmp-<pid>`` and `os.replace`."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def encode_jpeg(frame: np.ndarray) -> bytes:
+    """RGB uint8 H x W x 3 -> JPEG bytes at JPEG_QUALITY."""
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise HearflowError("JPEG encoding failed")
+    return data.tobytes()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
+    """Mono float audio in [-1, 1] -> 16-bit PCM WAV bytes (clipped, rounded)."""
+    pcm = np.round(np.clip(np.asarray(audio, np.float64), -1.0, 1.0) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(int(sample_rate))
+        handle.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def write_sample(root: str | Path, sample_id: str, frame: np.ndarray, flow: np.ndarray, audio: np.ndarray, sample_rate: int) -> None:
+    """Write one sample's three files atomically (its manifest row is the caller's last step)."""
+    if frame.shape[:2] != flow.shape[:2]:
+        raise HearflowError(f"{sample_id}: frame {frame.shape[:2]} and flow {flow.shape[:2]} differ in size")
+    paths = sample_paths(root, sample_id)
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(paths["frame"], encode_jpeg(frame))
+    write_atomic(paths["flow"], encode_npy(flow.astype(np.float16)))
+    write_atomic(paths["audio"], encode_wav(audio, sample_rate))
+
+
+def csv_line(values) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+class CsvLog:
+    """A CSV file that only ever gains whole rows: each row is one `os.write` in append mode.
+
+    Opening it drops a torn last line (from a killed writer) and rows that `keep`
+    rejects, rewriting the file atomically, and writes the header when it is new.
+    """
+
+    def __init__(self, path: str | Path, columns: tuple[str, ...], keep=None) -> None:
+        self.path = Path(path)
+        self.columns = columns
+        header, rows, clean = _read_csv(self.path, columns)
+        kept = [row for row in rows if keep is None or keep(row)]
+        if not clean or len(kept) != len(rows) or header is None:
+            write_atomic(self.path, "".join([csv_line(columns)] + [csv_line([r[c] for c in columns]) for r in kept]).encode())
+        self.rows = kept
+
+    def append(self, row: dict) -> None:
+        line = csv_line([_cell(row.get(column, "")) for column in self.columns]).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        self.rows.append({column: _cell(row.get(column, "")) for column in self.columns})
+
+    def remove(self, drop) -> None:
+        """Rewrite the file without the rows for which `drop(row)` is true."""
+        self.rows = [row for row in self.rows if not drop(row)]
+        write_atomic(self.path, "".join([csv_line(self.columns)] + [csv_line([r[c] for c in self.columns]) for r in self.rows]).encode())
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return " ".join(str(value).split())  # one line per row, whatever the error text held
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[str] | None, list[dict], bool]:
+    """(header, rows, clean): rows as dicts; clean is False when a torn last line was dropped."""
+    if not path.exists():
+        return None, [], False
+    text = path.read_text(encoding="utf-8", errors="replace")
+    clean = text.endswith("\n") or not text
+    if not clean:
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        return None, [], False
+    if "id" not in header:
+        raise HearflowError(f"{path} is not a hearflow manifest (its header is {header})")
+    rows = [dict(zip(header, values)) for values in reader if len(values) == len(header)]
+    return header, rows, clean
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """(mono float32 in [-1, 1], sample rate) from a PCM or float WAV of any rate/channels."""
+    from scipy.io import wavfile
+
+    try:
+        rate, data = wavfile.read(str(path))
+    except (OSError, ValueError) as error:
+        raise HearflowError(f"{path}: not a readable WAV file ({error})") from None
+    if data.dtype == np.uint8:
+        audio = (data.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(data.dtype, np.integer):
+        audio = data.astype(np.float32) / float(-np.iinfo(data.dtype).min)
+    else:
+        audio = data.astype(np.float32)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    return audio, int(rate)
+
+
+def _read_image(path: Path, sample_id: str, flags: int) -> np.ndarray:
+    if not path.is_file():
+        raise HearflowError(f"sample {sample_id!r}: missing {path}")
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        raise HearflowError(f"sample {sample_id!r}: {path} is not a readable image")
+    return image
+
+
+class PreparedFolder:
+    """A prepared folder in hearflow's layout or the released one (detected).
+
+    ``ids`` lists the samples (manifest order for hearflow's layout, sorted frame
+    names for the released one); ``read(id)`` loads one; ``rows[id]`` is its
+    manifest row (hearflow's layout only); ``recipe`` is ``prepare.json`` (or {}).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise HearflowError(f"{self.path}: no such folder")
+        manifests = sorted(self.path.glob("manifest*.csv"))
+        self.rows: dict[str, dict] = {}
+        if manifests:
+            self.layout = "hearflow"
+            for manifest in manifests:
+                _, rows, _ = _read_csv(manifest, MANIFEST_COLUMNS)
+                for row in rows:
+                    self.rows.setdefault(row["id"], row)
+            self.ids = list(self.rows)
+            recipe = self.path / "prepare.json"
+            self.recipe = json.loads(recipe.read_text()) if recipe.is_file() else {}
+        elif (self.path / "frames").is_dir() and (self.path / "flow" / "flow_x").is_dir():
+            self.layout = "released"
+            self.ids = sorted(p.stem for p in (self.path / "frames").glob("*.jpg"))
+            self.recipe = {}
+        else:
+            raise HearflowError(
+                f"{self.path} is not a prepared folder: it has neither manifest.csv (hearflow prepare) "
+                "nor frames/ and flow/flow_x/ (the released layout)"
+            )
+        self._id_set = set(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def paths(self, sample_id: str) -> dict[str, Path]:
+        """The files `read(sample_id)` opens."""
+        if self.layout == "hearflow":
+            return sample_paths(self.path, sample_id)
+        return released_paths(self.path, sample_id)
+
+    def missing_files(self, sample_id: str) -> list[Path]:
+        """Files of `sample_id` that do not exist (empty when the sample is complete)."""
+        return [path for path in self.paths(sample_id).values() if not path.is_file()]
+
+    def read(self, sample_id: str) -> PreparedSample:
+        """Load one sample; HearflowError naming the id and the file when something is missing.
+
+        Flow is float32 signed pixels (hearflow's layout) or the 0..255 values of the
+        released JPEGs; audio is mono float32 at the WAV's own rate.
+        """
+        if sample_id not in self._id_set:
+            raise HearflowError(f"sample {sample_id!r} is not in {self.path}")
+        paths = self.paths(sample_id)
+        frame = cv2.cvtColor(_read_image(paths["frame"], sample_id, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        if self.layout == "hearflow":
+            if not paths["flow"].is_file():
+                raise HearflowError(f"sample {sample_id!r}: missing {paths['flow']}")
+            try:
+                flow = np.load(paths["flow"], allow_pickle=False).astype(np.float32)
+            except (OSError, ValueError) as error:
+                raise HearflowError(f"sample {sample_id!r}: {paths['flow']} is not a readable .npy ({error})") from None
+        else:
+            flow_x = _read_image(paths["flow_x"], sample_id, cv2.IMREAD_GRAYSCALE)
+            flow_y = _read_image(paths["flow_y"], sample_id, cv2.IMREAD_GRAYSCALE)
+            if flow_x.shape != flow_y.shape:
+                raise HearflowError(f"sample {sample_id!r}: {paths['flow_x']} and {paths['flow_y']} differ in size")
+            flow = np.stack([flow_x, flow_y], axis=-1).astype(np.float32)
+        if not paths["audio"].is_file():
+            raise HearflowError(f"sample {sample_id!r}: missing {paths['audio']}")
+        audio, sample_rate = read_wav(paths["audio"])
+        return PreparedSample(sample_id, frame, flow, audio, sample_rate)
