@@ -96,8 +96,110 @@ def _run_prepare(args) -> int:
     return summary.exit_status
 
 
+def _add_train(commands) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train a model on a prepared folder (one process, or DDP under torchrun)",
+        description="Train HTF (or any preset) on a folder made by `hearflow prepare`. The config is "
+        "built as: preset < --config file < --set KEY=VALUE < explicit flags (--epochs, --batch-size, "
+        "--lr, --workers, --seed). Under `torchrun --nproc-per-node N` the same command trains with "
+        "DistributedDataParallel; --batch-size is the global batch, split evenly over the N processes.",
+    )
+    parser.add_argument("--preset", help="named configuration to start from (default: the config file's "
+                        "`preset`, else htf); see `hearflow presets`")
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (e.g. configs/vggss-10k.yaml)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one config field, e.g. --set model.prior=spatial (repeatable)")
+    parser.add_argument("--train", metavar="DIR", help="prepared training folder")
+    parser.add_argument("--train-ids", metavar="FILE",
+                        help="text file of sample ids (one per line) to train on, e.g. a 10k subset list")
+    parser.add_argument("--val", metavar="DIR", help="prepared validation folder, scored after every epoch")
+    parser.add_argument("--val-annotations", metavar="PATH",
+                        help="validation annotations: VGG-SS-style JSON file or folder of Flickr XML files")
+    parser.add_argument("--out", metavar="RUN_DIR", help="run folder for checkpoints, config.yaml, "
+                        "metrics.csv and TensorBoard events")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt "
+                        "(its own config and data; --epochs extends it)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (paper: 100)")
+    parser.add_argument("--batch-size", type=int, help="global batch size over all processes (paper: 128)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (paper: 1e-3)")
+    parser.add_argument("--workers", type=int, help="data-loading worker processes per training process")
+    parser.add_argument("--seed", type=int, help="random seed of initialisation, shuffling and augmentation")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="ImageNet weights for the encoders the preset initialises from ImageNet "
+                        "(downloaded once by torchvision); --no-pretrained starts them random")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="use only deterministic algorithms (bit-identical reruns and resumes on CPU)")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="leave out samples whose prepared files are missing instead of stopping")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from hearflow.config import parse_set_options
+    from hearflow.train import train, training_config
+
+    if args.resume:
+        fixed = [flag for flag, value in (("--preset", args.preset), ("--config", args.config), ("--set", args.set),
+                 ("--batch-size", args.batch_size), ("--lr", args.lr), ("--seed", args.seed)) if value]
+        if fixed or (args.out and args.out != args.resume):
+            raise HearflowError(f"--resume continues the run with its own config; drop {', '.join(fixed) or '--out'}")
+        config, run_dir = None, args.resume
+    else:
+        if not args.out:
+            raise HearflowError("train needs --out RUN_DIR (or --resume RUN_DIR)")
+        config = training_config(args.preset, args.config, parse_set_options(args.set), epochs=args.epochs,
+                                 batch_size=args.batch_size, lr=args.lr, workers=args.workers, seed=args.seed)
+        run_dir = args.out
+    train(config, args.train, run_dir, args.val, args.val_annotations, train_ids=args.train_ids,
+          device=args.device, resume=bool(args.resume), epochs=args.epochs, workers=args.workers,
+          pretrained=args.pretrained, deterministic=args.deterministic, skip_missing=args.skip_missing)
+    return 0
+
+
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="score a checkpoint on an annotated test set (cIoU@0.5, AUC, mean cIoU, AP, max-F1)",
+        description="Score a hearflow or released checkpoint on a prepared test folder with the "
+        "benchmark protocol; prints a table and optionally writes results.json, a per-sample CSV "
+        "and overlays of the best and worst maps.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="hearflow .pt or released .pth/.ckpt checkpoint")
+    parser.add_argument("--data", required=True, metavar="DIR", help="prepared test folder")
+    parser.add_argument("--annotations", required=True, metavar="PATH",
+                        help="VGG-SS-style JSON file, or folder of Flickr SoundNet XML files")
+    parser.add_argument("--benchmark", choices=("auto", "flickr", "vggss"), default="auto",
+                        help="check that the annotations are of this benchmark (auto: take what they are)")
+    parser.add_argument("--out", metavar="JSON", help="write the results here (n, ciou_at_0_5, auc, mean_ciou, ...)")
+    parser.add_argument("--per-sample", metavar="CSV", help="write id,ciou,confidence per sample here")
+    parser.add_argument("--save-maps", metavar="DIR", help="write heatmap overlays of the best and worst samples here")
+    parser.add_argument("--num-maps", type=int, default=8, help="how many best and how many worst overlays (default 8)")
+    parser.add_argument("--batch-size", type=int, default=32, help="inference batch size (default 32)")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="leave out (and count) samples whose prepared files are missing instead of stopping")
+    parser.add_argument("--flow-fusion", type=float, metavar="ALPHA",
+                        help="late fusion: scale maps by 1 + ALPHA * flow magnitude (sets model.flow_fusion)")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from hearflow.evaluate import evaluate
+
+    evaluate(args.checkpoint, args.data, args.annotations, benchmark=args.benchmark, out=args.out,
+             per_sample=args.per_sample, save_maps=args.save_maps, num_maps=args.num_maps,
+             batch_size=args.batch_size, workers=args.workers, device=args.device,
+             skip_missing=args.skip_missing, flow_fusion=args.flow_fusion)
+    return 0
+
+
 COMMANDS = [
     _add_presets,
+    _add_train,
+    _add_evaluate,
     _add_prepare,
 ]
 

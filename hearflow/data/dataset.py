@@ -1,0 +1,122 @@
+"""A torch Dataset over a prepared folder: image, flow, spectrogram and id per sample.
+
+Every tensor is made by `hearflow.data.transforms`, the preprocessing that
+evaluation and localize use too; this file only reads samples, fits the audio to the
+window and picks the random crop/flip of training.
+
+Training augmentations are drawn from a generator seeded by ``(seed, epoch, index)``,
+not from the worker process: the same sample gets the same crop and flip in a given
+epoch whatever the number of loader workers or training processes, so a run is
+reproducible, a resumed run continues exactly, and N processes see what one sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hearflow.config import Config
+from hearflow.data.prepared import PreparedFolder
+from hearflow.data.transforms import audio_window_length, image_flow_tensors, spectrogram
+from hearflow.errors import HearflowError
+from hearflow.media.audio import resample
+
+
+class PreparedDataset(Dataset):
+    """Samples of a prepared folder (hearflow's or the released layout) as model inputs.
+
+    folder: a prepared folder (path or `PreparedFolder`); config: the run's Config
+    (its ``data`` section drives every transform); train: random crop + flip
+    (else the test resize); ids: the samples to use, in order (default: all of the
+    folder's). Ids the folder does not hold, and samples whose files are missing, are
+    a HearflowError, or with ``skip_missing=True`` left out and listed in
+    ``self.skipped``.
+
+    ``dataset[i]`` is ``{"image": 3 x S x S, "flow": 2 x S x S, "spectrogram":
+    1 x F x T (float32 tensors), "id": str}``.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path | PreparedFolder,
+        config: Config,
+        train: bool,
+        ids: Iterable[str] | None = None,
+        skip_missing: bool = False,
+    ) -> None:
+        self.folder = folder if isinstance(folder, PreparedFolder) else PreparedFolder(folder)
+        self.data_config = config.data
+        self.train = train
+        self.seed = config.train.seed
+        self.epoch = 0
+        if self.folder.layout == "released" and self.data_config.flow_encoding == "signed":
+            raise HearflowError(
+                f"{self.folder.path} is in the released layout, whose flow is 8-bit JPEG clipped to "
+                "[0, 255]: it cannot give signed flow. Use the 'official' flow encoding "
+                "(e.g. --preset htf-released, or --set data.flow_encoding=official)"
+            )
+        self.ids, self.skipped = self._select(list(self.folder.ids if ids is None else ids), skip_missing)
+        if not self.ids:
+            raise HearflowError(f"no usable samples in {self.folder.path}")
+
+    def _select(self, wanted: list[str], skip_missing: bool) -> tuple[list[str], list[tuple[str, str]]]:
+        """Keep the ids whose files exist; the others raise or go to ``skipped`` with a reason."""
+        held = set(self.folder.ids)
+        kept, skipped = [], []
+        for sample_id in wanted:
+            if sample_id not in held:
+                reason = "not in the folder's manifest"
+            else:
+                missing = self.folder.missing_files(sample_id)
+                reason = f"missing {', '.join(map(str, missing))}" if missing else ""
+            if not reason:
+                kept.append(sample_id)
+            elif skip_missing:
+                skipped.append((sample_id, reason))
+            else:
+                raise HearflowError(
+                    f"sample {sample_id!r} of {self.folder.path}: {reason} "
+                    "(rerun `hearflow prepare` on it, or pass --skip-missing to leave such samples out)"
+                )
+        return kept, skipped
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose augmentations ``__getitem__`` draws (training only)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        sample_id = self.ids[index]
+        sample = self.folder.read(sample_id)
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        image, flow = image_flow_tensors(sample.frame, sample.flow, self.data_config, self.train, rng)
+        audio = fit_audio(sample.audio, sample.sample_rate, self.data_config)
+        spec = torch.from_numpy(np.ascontiguousarray(spectrogram(audio, self.data_config)))
+        return {"image": image, "flow": flow, "spectrogram": spec, "id": sample_id}
+
+
+def fit_audio(audio: np.ndarray, sample_rate: int, data_config) -> np.ndarray:
+    """The model's audio window from a stored one: resampled to ``data.sample_rate``,
+    then centre-cropped or tiled to ``audio_window_length`` samples (float32)."""
+    if sample_rate != data_config.sample_rate:
+        audio = resample(audio, sample_rate, data_config.sample_rate)
+    length = audio_window_length(data_config)
+    if len(audio) == 0:
+        return np.zeros(length, dtype=np.float32)
+    if len(audio) < length:
+        audio = np.tile(audio, -(-length // len(audio)))[:length]
+    start = (len(audio) - length) // 2
+    return np.asarray(audio[start : start + length], dtype=np.float32)
+
+
+def worker_init(worker_id: int) -> None:
+    """Loader workers run one thread each: the parallelism is the number of workers."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
