@@ -16,7 +16,6 @@ from typing import Iterable
 
 import av
 import numpy as np
-from scipy.signal import resample_poly
 
 from hearflow.errors import HearflowError
 
@@ -227,6 +226,8 @@ def _prepare_audio(
         )
     rate = aac_sample_rate(int(sample_rate))
     if rate != sample_rate:
+        from scipy.signal import resample_poly  # imported here: scipy.signal takes a second to import
+
         divisor = math.gcd(rate, int(sample_rate))
         audio = resample_poly(audio, rate // divisor, int(sample_rate) // divisor, axis=0)
     return np.clip(audio, -1.0, 1.0).astype(np.float32), rate
