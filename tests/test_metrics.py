@@ -248,13 +248,49 @@ def test_ap_max_f1_known_answer():
 # The vectorised path against the released per-sample loop
 
 
+def opencv4_cubic(maps: np.ndarray, size: int = 224) -> np.ndarray:
+    """OpenCV 4.x's float32 INTER_CUBIC resize, restated operation by operation: Keys'
+    weights (A = -0.75) in float32 at source position (d + 0.5) / scale - 0.5, edge taps
+    clamped, horizontal products summed left to right, vertical ones as p0 + (p1 + (p2 + p3))."""
+    f32 = np.float32
+
+    def taps(source):
+        position = ((np.arange(size) + 0.5) * (1.0 / (size / source)) - 0.5).astype(f32)
+        start = np.floor(position).astype(np.int64)
+        x = position - start.astype(f32)
+        a, one = f32(-0.75), f32(1)
+        w0 = ((a * (x + one) - f32(5) * a) * (x + one) + f32(8) * a) * (x + one) - f32(4) * a
+        w1 = ((a + f32(2)) * x - (a + f32(3))) * x * x + one
+        w2 = ((a + f32(2)) * (one - x) - (a + f32(3))) * (one - x) * (one - x) + one
+        weights = np.stack([w0, w1, w2, one - w0 - w1 - w2], axis=1).astype(f32)
+        return np.clip(start[:, None] + np.arange(-1, 3), 0, source - 1), weights
+
+    columns, column_weights = taps(maps.shape[2])
+    rows, row_weights = taps(maps.shape[1])
+    p = maps[:, :, columns] * column_weights
+    horizontal = ((p[..., 0] + p[..., 1]) + p[..., 2]) + p[..., 3]
+    q = horizontal[:, rows, :] * row_weights[None, :, :, None]
+    return q[:, :, 0] + (q[:, :, 1] + (q[:, :, 2] + q[:, :, 3]))
+
+
 @pytest.mark.parametrize("shape", [(7, 7), (8, 8), (14, 14), (28, 28), (5, 9), (1, 1), (224, 224)])
-def test_upsample_is_opencv_bicubic_bit_for_bit(shape):
+def test_resize_is_opencv4_float32_bicubic_bit_for_bit(shape):
+    """The resize this machine's OpenCV gives is the released code's arithmetic."""
     rng = np.random.default_rng(sum(shape))
     maps = rng.standard_normal((6, *shape)).astype(np.float32) * rng.uniform(0.01, 100)
-    with opencv_own_code():
-        expected = np.stack([cv2.resize(m, (224, 224), interpolation=cv2.INTER_CUBIC) for m in maps])
-    np.testing.assert_array_equal(upsample_maps(maps), expected)
+    np.testing.assert_array_equal(upsample_maps(maps), opencv4_cubic(maps))
+
+
+def test_resize_leaves_the_ipp_switch_as_it_was():
+    original = cv2.ipp.useIPP()
+    try:
+        for state in (True, False):
+            cv2.ipp.setUseIPP(state)
+            before = cv2.ipp.useIPP()  # stays False on a build without IPP
+            upsample_maps(np.zeros((1, 7, 7), np.float32))
+            assert cv2.ipp.useIPP() == before
+    finally:
+        cv2.ipp.setUseIPP(original)
 
 
 def _random_gt(rng, n):
