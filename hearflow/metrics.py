@@ -26,6 +26,7 @@ change of ~4e-6 there), never the published three digits.
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
@@ -46,7 +47,7 @@ _CHUNK = 8  # samples per vectorised step of `ciou`: keeps its working set in th
 # Ground truth
 
 
-def read_flickr_boxes(xml_path: str | Path) -> list[tuple[int, int, int, int]]:
+def read_flickr_boxes(xml_path: str | Path) -> list[tuple[float, float, float, float]]:
     """The annotators' boxes of one Flickr SoundNet XML file: ``(xmin, ymin, xmax, ymax)``
     on the 256 x 256 grid.
 
@@ -115,7 +116,10 @@ def _number(text: str | None) -> float | int:
     try:
         return int(text)
     except ValueError:
-        return float(text)
+        value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
 
 
 # ----------------------------------------------------------------------------------------
