@@ -134,7 +134,7 @@ def upsample_maps(similarity_maps, size: int = MAP_SIZE) -> np.ndarray:
     for float resizes and OpenCV 4.x (the released code's) did not, is switched off for
     these calls on this thread (the switch is thread-local) and restored afterwards.
     """
-    maps = np.asarray(similarity_maps, dtype=np.float32)
+    maps = np.ascontiguousarray(similarity_maps, dtype=np.float32)
     if maps.ndim != 3:
         raise ValueError(f"similarity maps must be N x h x w, got shape {maps.shape}")
     out = np.empty((len(maps), size, size), np.float32)
