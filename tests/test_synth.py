@@ -92,6 +92,22 @@ def test_outputs_agree_with_each_other(short_set):
     assert settings["seed"] == SEED and settings["settings"]["twins"] == 0.3
 
 
+def test_annotations_load_as_a_vggss_benchmark(short_set):
+    from hearflow.data.annotations import load_annotations
+
+    out, records = short_set
+    annotations = load_annotations(out / "annotations.json")
+    assert annotations.benchmark == "vggss" and sorted(annotations.ids) == [r["id"] for r in records]
+    for record in records:
+        assert annotations.has_source(record["id"]) == (record["sounding"] is not None)
+        gt = annotations.gt_map(record["id"])
+        if record["sounding"] is not None:
+            x0, y0, x1, y1 = record["objects"][record["sounding"]]["box"]
+            assert gt.sum() == (int(224 * x1) - int(224 * x0)) * (int(224 * y1) - int(224 * y0))
+        else:
+            assert gt.sum() == 0
+
+
 def test_plans_over_many_clips_keep_their_promises():
     settings = SynthSettings(twins=0.25, no_source=0.2, no_source_silence=0.5)
     plans = _plans(settings, 11, 400)
