@@ -252,12 +252,43 @@ def _run_synth(args) -> int:
     return 0
 
 
+def _add_demo(commands) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="the whole method end to end on synthetic videos, on a CPU in minutes",
+        description="Synthesise training and test videos of sounding objects, prepare them, train HTF and "
+        "the LVS baseline with small CPU presets (demo-htf, demo-lvs), evaluate both and three training-free "
+        "baselines, print the table and write OUT/report.json, OUT/report.md, OUT/figure.png and the "
+        "checkpoints OUT/runs/{htf,lvs}/last.pt. --study runs the flow-prior study instead.",
+    )
+    parser.add_argument("--out", default="hearflow-demo", metavar="DIR", help="output folder (default hearflow-demo)")
+    parser.add_argument("--quick", action="store_true", help="a small, faster version (fewer clips), as CI runs it")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training (default 0)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for synthesis, preparation and loading "
+                        "(default 2)")
+    parser.add_argument("--study", action="store_true", help="run the flow-prior study (bench/flow_prior_study.py "
+                        "rows, 3 seeds each) into DIR instead of the demo; takes much longer")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from hearflow.demo import run_demo, run_study
+
+    if args.study:
+        run_study(args.out, workers=args.workers, progress=not args.quiet)
+    else:
+        run_demo(args.out, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet)
+    return 0
+
+
 COMMANDS = [
     _add_presets,
     _add_train,
     _add_evaluate,
     _add_prepare,
     _add_synth,
+    _add_demo,
 ]
 
 

@@ -1,0 +1,156 @@
+"""The demo: pick rate, subsets, baselines, the study's bookkeeping, and an end-to-end --quick run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hearflow.baselines import CenterBox, FlowMagnitude
+from hearflow.demo import (
+    STUDY_ROWS,
+    DemoData,
+    figure_ids,
+    flow_colors,
+    method_metrics,
+    picks,
+    study_markdown,
+    study_summary,
+)
+from hearflow.evaluate import Predictions
+from hearflow.metrics import ciou, gt_map_vggss
+
+
+def _record(sample_id, sounding, moves, twin=False, boxes=((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0))):
+    objects = [{"class": "c", "box": list(box), "moves": move} for box, move in zip(boxes, moves)]
+    return {"id": sample_id, "sounding": sounding, "twin": twin, "objects": objects}
+
+
+def _left_right_map(left: float, right: float, size: int = 8) -> np.ndarray:
+    grid = np.full((size, size), right, np.float32)
+    grid[:, : size // 2] = left
+    return grid
+
+
+def test_picks_counts_the_object_with_the_higher_mean_and_skips_clips_without_a_rival():
+    records = [
+        _record("a", 0, [True, False]),  # left sounds, left is hot: picked
+        _record("b", 1, [False, True]),  # right sounds, left is hot: missed
+        _record("c", None, [False, False]),  # no visible source: undefined
+        _record("d", 0, [True], boxes=((0.1, 0.1, 0.6, 0.9),)),  # nothing to beat: undefined
+        _record("e", 1, [True, True]),  # a flat map ties: not picked
+    ]
+    maps = np.stack([_left_right_map(1, 0), _left_right_map(1, 0), _left_right_map(1, 0),
+                     _left_right_map(1, 0), _left_right_map(0.5, 0.5)])
+    result = picks(maps, records, chunk=2)
+    assert result[0] == 1.0 and result[1] == 0.0 and result[4] == 0.0
+    assert np.isnan(result[2]) and np.isnan(result[3])
+
+
+def test_picks_matches_a_direct_box_mean_on_random_maps():
+    rng = np.random.default_rng(0)
+    records, expected = [], []
+    maps = rng.normal(size=(12, 8, 8)).astype(np.float32)
+    import cv2
+
+    for index in range(12):
+        boxes = [sorted(rng.uniform(0, 1, 2)) for _ in range(4)]
+        boxes = [(a[0], b[0], a[1], b[1]) for a, b in zip(boxes[::2], boxes[1::2])]
+        boxes = [(x0, y0, max(x1, x0 + 0.1), max(y1, y0 + 0.1)) for x0, y0, x1, y1 in boxes]
+        records.append(_record(str(index), index % 2, [True, False], boxes=boxes))
+        grid = cv2.resize(maps[index], (224, 224), interpolation=cv2.INTER_CUBIC)
+        means = []
+        for x0, y0, x1, y1 in boxes:
+            mask = gt_map_vggss([[x0, y0, x1, y1]]) > 0
+            means.append(grid[mask].mean())
+        expected.append(float(means[index % 2] > means[1 - index % 2]))
+    np.testing.assert_allclose(picks(maps, records, chunk=5), expected)
+
+
+def test_center_box_scores_a_centred_box_and_ignores_audio():
+    model = CenterBox(8)
+    out = model(torch.zeros(3, 3, 64, 64), torch.zeros(3, 2, 64, 64), torch.zeros(3, 1, 10, 10))
+    assert out.similarity.shape == (3, 8, 8) and out.cross_similarity.shape == (3, 3, 8, 8)
+    maps = out.similarity.numpy()
+    assert maps[0, 3:5, 3:5].min() > maps[0, 0].max()
+    centre = gt_map_vggss([[0.25, 0.25, 0.75, 0.75]])
+    corner = gt_map_vggss([[0.0, 0.0, 0.4, 0.4]])
+    scores = ciou(maps[:2], np.stack([centre, corner]))
+    assert scores[0] > 0.45 and scores[1] < 0.2
+
+
+def test_flow_magnitude_is_the_max_pooled_speed_scaled_per_clip():
+    rng = np.random.default_rng(1)
+    flow = rng.normal(size=(2, 2, 16, 16)).astype(np.float32)
+    flow[1] = 0.0
+    maps = FlowMagnitude(4)(torch.zeros(2, 3, 16, 16), torch.from_numpy(flow), torch.zeros(2, 1, 4, 4)).similarity
+    speed = np.sqrt((flow[0] ** 2).sum(axis=0))
+    expected = np.array([[speed[4 * r : 4 * r + 4, 4 * c : 4 * c + 4].max() for c in range(4)] for r in range(4)])
+    np.testing.assert_allclose(maps[0].numpy(), expected / expected.max(), rtol=1e-5)
+    assert float(maps[1].abs().max()) == 0.0
+
+
+def test_flow_colors_hue_follows_direction_and_brightness_speed():
+    flow = np.zeros((4, 4, 2), np.float32)
+    flow[0, 0] = (2.0, 0.0)  # rightwards, fastest: full-brightness red
+    flow[1, 1] = (0.0, 1.0)  # downwards (image y), half speed
+    colors = flow_colors(flow)
+    assert tuple(colors[0, 0]) == (255, 0, 0)
+    assert colors[1, 1].max() in (127, 128) and colors[2, 2].max() == 0
+    assert flow_colors(np.zeros((3, 3, 2), np.float32)).max() == 0
+
+
+def _demo_data(tmp_path, records):
+    annotations = [{"file": r["id"], "class": "c", "bbox": [] if r["sounding"] is None else
+                    [r["objects"][r["sounding"]]["box"]]} for r in records]
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(annotations))
+    return DemoData(tmp_path, tmp_path, path, {r["id"]: r for r in records}, train_count=0)
+
+
+def test_method_metrics_breaks_results_down_by_motion_and_twins(tmp_path):
+    records = [
+        _record("m0", 0, [True, False]),
+        _record("m1", 1, [False, True], twin=True),
+        _record("s0", 0, [False, True]),
+        _record("s1", 1, [False, False]),
+    ]
+    data = _demo_data(tmp_path, records)
+    # Right on the moving clips, wrong (points at the other half) on the still ones.
+    maps = np.stack([_left_right_map(1, 0), _left_right_map(0, 1), _left_right_map(0, 1), _left_right_map(1, 0)])
+    predictions = Predictions([r["id"] for r in records], maps, maps.reshape(4, -1).max(axis=1))
+    metrics = method_metrics(predictions, data)
+    assert metrics["n"] == 4 and metrics["pick_rate"] == 0.5
+    moving, still, twins = (metrics["subsets"][name] for name in ("source_moves", "source_still", "twins"))
+    assert moving["n"] == 2 and moving["pick_rate"] == 1.0 and moving["ciou_at_0_5"] == 1.0
+    assert still["n"] == 2 and still["pick_rate"] == 0.0 and still["mean_ciou"] == 0.0
+    assert twins["n"] == 1 and twins["pick_rate"] == 1.0
+    no_twins = method_metrics(Predictions(["m0", "s0"], maps[[0, 2]], np.ones(2)), _demo_data(tmp_path, [records[0], records[2]]))
+    assert "twins" not in no_twins["subsets"]
+
+
+def test_figure_takes_the_first_moving_then_the_first_still_clips():
+    clips = {str(i): _record(str(i), 0, [i % 3 != 0, False]) for i in range(12)}
+    assert figure_ids(clips, 6) == ["1", "2", "4", "5", "0", "3"]
+
+
+def test_study_summary_gives_mean_and_spread_and_lists_rows_not_run(tmp_path):
+    for seed, (value, pick) in enumerate([(0.4, 0.9), (0.5, 1.0)]):
+        for row, shift in (("lvs", 0.0), ("channel-maxpool", 0.1)):
+            folder = tmp_path / "default" / "rows" / row
+            folder.mkdir(parents=True, exist_ok=True)
+            subsets = {"source_moves": {"mean_ciou": value, "pick_rate": pick, "ciou_at_0_5": 0.5}}
+            result = {"mean_ciou": value + shift, "pick_rate": pick, "ciou_at_0_5": 0.5, "subsets": subsets}
+            (folder / f"seed{seed}.json").write_text(json.dumps(result))
+    summary = study_summary(tmp_path)
+    lvs = summary["default"]["lvs"]
+    assert lvs["seeds"] == [0, 1] and lvs["mean_ciou"] == [0.45, 0.05] and lvs["pick_rate"] == [0.95, 0.05]
+    assert "twins" not in lvs and lvs["source_moves"]["mean_ciou"] == [0.45, 0.05]
+    table = study_markdown(summary)
+    assert "+0.100" in table
+    not_run = [row.name for row in STUDY_ROWS if row.name not in ("lvs", "channel-maxpool")]
+    for name in not_run:
+        assert f"| {name}: " in table and "not run" in table.split(f"| {name}: ")[1].split("\n")[0]
+    assert "hard" in table and summary.get("hard") is None
