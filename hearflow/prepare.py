@@ -211,24 +211,27 @@ def prepare_video(video: str | Path, sample_id: str, out: str | Path, recipe: di
     from hearflow.data.prepared import write_sample
     from hearflow.media.audio import read_audio_window
     from hearflow.media.flow import aggregate_flow, pair_window
-    from hearflow.media.video import key_frame_index, probe, read_frames
+    from hearflow.media.video import VideoFile, key_frame_index
 
     import numpy as np
 
     with _Stage("probe"):
-        info = probe(video)
-        if info.n_frames < 2:
-            raise HearflowError(f"{video}: {info.n_frames} frame(s); a sample needs at least 2")
-    with _Stage("audio"):
-        if not info.has_audio:
-            raise HearflowError(f"{video}: no audio stream")
-        key = key_frame_index(info.n_frames) if one_based_key is None else key_frame_from_one_based(one_based_key, info.n_frames)
-        time_s = info.frame_time(key)
-        audio = read_audio_window(video, time_s, recipe["seconds"], recipe["sample_rate"])
-    with _Stage("decode"):
-        pairs = min(recipe["flow_pairs"], info.n_frames - 1)
-        first = pair_window(key, pairs, info.n_frames)
-        frames = read_frames(video, first, pairs + 1, info)
+        clip = VideoFile(video)  # the one pass over the file
+    with clip:
+        info = clip.info
+        with _Stage("probe"):
+            if info.n_frames < 2:
+                raise HearflowError(f"{video}: {info.n_frames} frame(s); a sample needs at least 2")
+        with _Stage("audio"):
+            if not info.has_audio:
+                raise HearflowError(f"{video}: no audio stream")
+            key = key_frame_index(info.n_frames) if one_based_key is None else key_frame_from_one_based(one_based_key, info.n_frames)
+            time_s = info.frame_time(key)
+            audio = read_audio_window(clip, time_s, recipe["seconds"], recipe["sample_rate"])
+        with _Stage("decode"):
+            pairs = min(recipe["flow_pairs"], info.n_frames - 1)
+            first = pair_window(key, pairs, info.n_frames)
+            frames = clip.read_frames(first, pairs + 1)
     with _Stage("flow"):
         frame, flow = aggregate_flow(frames, recipe["flow_method"], recipe["flow_size"] or None, key=key - first)
     with _Stage("write"):
@@ -248,7 +251,7 @@ def prepare_video(video: str | Path, sample_id: str, out: str | Path, recipe: di
         "frame_height": frame.shape[0],
         "flow_method": recipe["flow_method"],
         "flow_pairs": pairs,
-        "flow_mean_magnitude": float(np.sqrt((flow.astype(np.float64) ** 2).sum(axis=-1)).mean()),
+        "flow_mean_magnitude": float(np.hypot(flow[..., 0], flow[..., 1]).mean(dtype=np.float64)),
         "sample_rate": recipe["sample_rate"],
         "audio_seconds": recipe["seconds"],
     }

@@ -7,6 +7,7 @@ import pytest
 
 from hearflow.errors import HearflowError
 from hearflow.media.audio import read_audio, read_audio_window, resample
+from hearflow.media.video import VideoFile
 from media_fixtures import click_track, tone_track, write_video
 
 RATE = 16000
@@ -38,6 +39,8 @@ def test_click_lands_at_the_right_sample(tmp_path, suffix, codec, rate, channels
         window = read_audio_window(path, center, 3.0, RATE)
         assert window.shape == (3 * RATE,) and window.dtype == np.float32
         assert click_position(window) == pytest.approx(3.217 - (center - 1.5), abs=tolerance), center
+        with VideoFile(path) as video:  # the packets demuxed with the video give the same window
+            assert np.array_equal(read_audio_window(video, center, 3.0, RATE), window)
 
 
 def test_window_is_shifted_inside_the_track_at_both_ends(tmp_path):

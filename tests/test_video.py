@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from hearflow.errors import HearflowError
-from hearflow.media.video import iter_frame_pairs, key_frame_index, probe, read_frame_pair, read_frames
+from hearflow.media import video as video_module
+from hearflow.media.video import VideoFile, iter_frame_pairs, key_frame_index, probe, read_frame_pair, read_frames
 from media_fixtures import index_frame, read_index, sequential_frames, tone_track, write_audio_only, write_video
 
 # (file name, write_video keyword arguments): containers, codecs and GOP structures
@@ -45,6 +46,31 @@ def test_every_pair_is_what_a_sequential_decode_gives(videos, name):
         frame, next_frame = read_frames(path, index, 2, info)
         assert np.array_equal(frame, reference[index]), f"frame {index}"
         assert np.array_equal(next_frame, reference[index + 1]), f"frame {index + 1}"
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_video_file_reads_the_same_frames_from_memory(videos, name):
+    path = videos[name]
+    reference = sequential_frames(path)
+    with VideoFile(path) as reused:  # one decoder, reset between requests
+        for index in (40 - 1, 0, 17, 3, 30):
+            frames = reused.read_frames(index, 2)
+            assert all(np.array_equal(a, b) for a, b in zip(frames, reference[index : index + 2])), index
+    for index in range(0, 40, 3):  # a fresh file each time: the decoder continues from opening
+        with VideoFile(path) as fresh:
+            assert fresh.info == probe(path)
+            frames = fresh.read_frames(index, 2)
+        assert all(np.array_equal(a, b) for a, b in zip(frames, reference[index : index + 2])), index
+
+
+def test_large_files_are_read_again_with_a_seek(videos, monkeypatch):
+    monkeypatch.setattr(video_module, "KEEP_PACKETS_MAX_BYTES", 0)
+    path = videos["h264_gop7.mp4"]
+    reference = sequential_frames(path)
+    with VideoFile(path) as video:
+        assert video.audio_packets is None
+        for index in (0, 20, 38):
+            assert all(np.array_equal(a, b) for a, b in zip(video.read_frames(index, 3), reference[index : index + 3]))
 
 
 def test_default_pair_is_the_middle_frame(videos):

@@ -1,10 +1,12 @@
 """Audio as mono float32 at a target rate: a window around a time, or the whole track.
 
-Decoding uses PyAV (its AudioResampler mixes down to mono float at the file's own
-rate); the rate change uses `resample` (polyphase, zero-phase, so sample ``k`` of the
-output is at time ``k / rate`` of the input and a sound stays where it was).
+Decoding uses PyAV; channels are mixed to mono by their mean (`mono`) at the file's
+own rate, and the rate change uses `resample` (polyphase, zero-phase, so sample ``k``
+of the output is at time ``k / rate`` of the input and a sound stays where it was).
 
 Times are seconds from the start of the file, the clock of `hearflow.media.video`.
+The compressed packets of the track are demuxed (or taken from an open
+`VideoFile`), and only those around the window are decoded, with a short pre-roll.
 
 The window rule: a window of ``seconds`` centred on ``center_s``. Where that
 window would cross the start or the end of the audio track, it is shifted inside
@@ -15,6 +17,7 @@ as the released code does).
 
 from __future__ import annotations
 
+import itertools
 from math import gcd
 from pathlib import Path
 
@@ -23,10 +26,10 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from hearflow.errors import HearflowError
-from hearflow.media.video import _ffmpeg_message, _open
+from hearflow.media.video import VideoFile, _open
 
-PREROLL_S = 0.5  # decoded before a window after a seek, so codecs with overlap (AAC) settle
-MARGIN_S = 0.1  # extra audio on each side of the window, so resampling has no edge effect
+PREROLL_S = 0.15  # decoded before a window, so codecs with overlap (AAC, Opus 80 ms, MP3) settle
+MARGIN_S = 0.05  # extra audio on each side of the window, so resampling has no edge effect
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -44,38 +47,95 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """The whole first audio track, mono float32 (n,) at `sample_rate`."""
     with _open(path) as container:
         stream = _audio_stream(container, path)
-        samples, _, rate = _decode(container, stream, path)
+        samples, _, rate = _decode(_demux_audio(container, stream), stream, _start_s(container), path)
     if len(samples) == 0:
         raise HearflowError(f"{path}: the audio stream has no decodable samples")
     return resample(samples, rate, sample_rate)
 
 
-def read_audio_window(path: str | Path, center_s: float, seconds: float, sample_rate: int) -> np.ndarray:
+def read_audio_window(source: str | Path | VideoFile, center_s: float, seconds: float, sample_rate: int) -> np.ndarray:
     """Mono float32 (round(seconds * sample_rate),): `seconds` of audio centred on `center_s`.
 
-    Decodes only the window (plus a short pre-roll) when the track is long enough;
-    see the module docstring for the window rule at the ends of the track.
-    Raises HearflowError when the file has no audio stream or no decodable audio.
+    `source` is a path or an open `VideoFile` (whose audio packets are already in
+    memory). Only the packets around the window are decoded; see the module
+    docstring for the window rule at the ends of the track. Raises HearflowError
+    when there is no audio stream or no decodable audio.
     """
-    length = int(round(seconds * sample_rate))
+    if isinstance(source, VideoFile) and source.audio_packets is not None:
+        return _window(source.audio_packets, source.audio_stream, source.info.start_s, center_s, seconds,
+                       sample_rate, source.path)
+    path = source.path if isinstance(source, VideoFile) else source
     with _open(path) as container:
         stream = _audio_stream(container, path)
-        start_s = container.start_time / av.time_base if container.start_time is not None else 0.0
-        track_start, track_seconds = _declared_extent(container, stream, start_s)
-        if track_seconds is not None and track_seconds >= seconds + PREROLL_S:
-            track_end = track_start + track_seconds
-            window_start = min(max(center_s - seconds / 2, track_start), track_end - seconds)
-            decode_from = window_start - MARGIN_S - PREROLL_S
-            from_start = decode_from <= track_start
-            samples, t0, rate = _decode(
-                container, stream, path, None if from_start else decode_from, window_start + seconds + MARGIN_S, start_s
-            )
-            if t0 is not None and from_start:  # the true start of the track is now known
-                window_start = min(max(center_s - seconds / 2, t0), track_end - seconds)
-            if t0 is not None and t0 <= window_start + 0.5 / rate and t0 + len(samples) / rate >= window_start + seconds:
-                return _cut(samples, t0, rate, window_start, length, sample_rate)
-            container.seek(0)  # timestamps or the declared duration were wrong: decode it all
-        samples, t0, rate = _decode(container, stream, path, start_s=start_s)
+        return _window(_demux_audio(container, stream), stream, _start_s(container), center_s, seconds, sample_rate, path)
+
+
+_FULL_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63, "flt": 1.0, "dbl": 1.0}
+
+
+def mono(frame) -> np.ndarray:
+    """A decoded PyAV audio frame as mono float32 in [-1, 1]: the mean of its channels.
+
+    (The mean, as librosa's ``to_mono`` that the released code used; FFmpeg's own
+    downmix would scale stereo by 1/sqrt(2) per channel instead.)
+    """
+    data = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    if not frame.format.is_planar:
+        data = data.reshape(-1, channels).T
+    kind = frame.format.name.rstrip("p")
+    if kind == "u8":
+        data = (data.astype(np.float32) - 128.0) / 128.0
+    else:
+        data = data.astype(np.float32) / np.float32(_FULL_SCALE[kind])
+    return data[0] if channels == 1 else data.sum(axis=0) / np.float32(channels)
+
+
+def _audio_stream(container, path):
+    if not container.streams.audio:
+        raise HearflowError(f"{path}: no audio stream")
+    return container.streams.audio[0]
+
+
+def _start_s(container) -> float:
+    return container.start_time / av.time_base if container.start_time is not None else 0.0
+
+
+def _demux_audio(container, stream) -> list:
+    """Every audio packet (compressed, so small), up to where a damaged file breaks."""
+    packets = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size:
+                packets.append(packet)
+    except (av.FFmpegError, EOFError):
+        pass
+    return packets
+
+
+def _window(packets, stream, start_s, center_s, seconds, sample_rate, path) -> np.ndarray:
+    length = int(round(seconds * sample_rate))
+    if not packets:
+        raise HearflowError(f"{path}: the audio stream has no packets")
+    time_base = stream.time_base
+    extent = None
+    if all(p.pts is not None for p in (packets[0], packets[-1])):
+        extent = (float(packets[0].pts * time_base) - start_s,
+                  float((packets[-1].pts + (packets[-1].duration or 0)) * time_base) - start_s)
+    if extent is not None and extent[1] - extent[0] >= seconds:
+        window_start = min(max(center_s - seconds / 2, extent[0]), extent[1] - seconds)
+        low, high = window_start - MARGIN_S - PREROLL_S, window_start + seconds + MARGIN_S
+        selected = [
+            p for p in packets
+            if p.pts is None or (float((p.pts + (p.duration or 0)) * time_base) - start_s >= low
+                                 and float(p.pts * time_base) - start_s <= high)
+        ]
+        samples, t0, rate = _decode(selected, stream, start_s, path)
+        if t0 is not None and len(samples) >= seconds * rate:
+            # the decoded span is the truth (priming and padding are trimmed by the decoder)
+            window_start = min(max(window_start, t0), t0 + len(samples) / rate - seconds)
+            return _cut(samples, t0, rate, window_start, length, sample_rate)
+    samples, t0, rate = _decode(packets, stream, start_s, path)
     if len(samples) == 0:
         raise HearflowError(f"{path}: the audio stream has no decodable samples")
     track_start = t0 or 0.0
@@ -87,60 +147,42 @@ def read_audio_window(path: str | Path, center_s: float, seconds: float, sample_
     return _cut(samples, track_start, rate, window_start, length, sample_rate)
 
 
-def _audio_stream(container, path):
-    if not container.streams.audio:
-        raise HearflowError(f"{path}: no audio stream")
-    return container.streams.audio[0]
+def _decode(packets, stream, start_s, path):
+    """Decode `packets` to mono float32 at the stream's rate: (samples, t0, rate).
 
-
-def _declared_extent(container, stream, start_s: float) -> tuple[float, float | None]:
-    """(start, duration) of the audio track in seconds, as the container declares them."""
-    if stream.start_time is not None and stream.time_base:
-        track_start = float(stream.start_time * stream.time_base) - start_s
-    else:
-        track_start = 0.0
-    if stream.duration and stream.time_base:
-        return track_start, float(stream.duration * stream.time_base)
-    if container.duration:
-        return track_start, container.duration / av.time_base - track_start
-    return track_start, None
-
-
-def _decode(container, stream, path, from_s=None, until_s=None, start_s=0.0):
-    """Mono float32 samples at the stream's rate from about `from_s` to `until_s`.
-
-    Returns (samples, t0, rate), t0 the time of the first sample (None when the
-    frames carry no timestamps, in which case decoding started at the track start).
+    t0 is the time of the first sample (None when the frames carry no timestamps).
+    Damaged packets are skipped; a gap or jump of more than 10 ms in the frames'
+    timestamps is honoured (silence, or a restart), smaller jitter is ignored.
     """
-    rate = stream.codec_context.sample_rate or stream.rate
+    context = stream.codec_context
+    rate = context.sample_rate or stream.rate
     if not rate:
         raise HearflowError(f"{path}: the audio stream declares no sample rate")
-    if from_s is not None and from_s > 0:
+    if context.is_open:
+        context.flush_buffers()
+    pieces, t0, position = [], None, 0
+    for packet in itertools.chain(packets, [None]):
         try:
-            container.seek(int((from_s + start_s) / stream.time_base), stream=stream, backward=True)
-        except av.FFmpegError:
-            container.seek(0)
-    mixer = av.AudioResampler(format="flt", layout="mono", rate=rate)
-    chunks, t0 = [], None
-    decoded_seconds = 0.0
-    try:
-        for frame in container.decode(stream):
-            if t0 is None:
-                t0 = float(frame.pts * stream.time_base) - start_s if frame.pts is not None else None
-                if t0 is None and from_s is not None and from_s > 0:
-                    return np.zeros(0, np.float32), None, rate
-            for mixed in mixer.resample(frame):
-                chunks.append(mixed.to_ndarray().reshape(-1))
-                decoded_seconds += mixed.samples / rate
-            if until_s is not None and t0 is not None and t0 + decoded_seconds >= until_s:
-                break
-        for mixed in mixer.resample(None):
-            chunks.append(mixed.to_ndarray().reshape(-1))
-    except (av.FFmpegError, EOFError) as error:
-        if not chunks:
-            raise HearflowError(f"{path}: audio decoding failed ({_ffmpeg_message(error)})") from None
-        # a truncated track: keep what decoded before the damage
-    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+            frames = context.decode(packet)
+        except (av.FFmpegError, EOFError):
+            continue  # a damaged packet: its samples are missing, the timestamps keep the rest in place
+        for frame in frames:
+            if frame.pts is not None:
+                time_s = float(frame.pts * stream.time_base) - start_s
+                if t0 is None and not pieces:
+                    t0 = time_s
+                elif t0 is not None:
+                    expected = int(round((time_s - t0) * rate))
+                    if abs(expected - position) > rate // 100:
+                        position = max(expected, 0)
+            data = mono(frame)
+            pieces.append((position, data))
+            position += len(data)
+    if not pieces:
+        return np.zeros(0, np.float32), t0, rate
+    samples = np.zeros(max(start + len(data) for start, data in pieces), np.float32)
+    for start, data in pieces:
+        samples[start : start + len(data)] = data
     return samples, t0, rate
 
 

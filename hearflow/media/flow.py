@@ -1,7 +1,7 @@
 """Dense optical flow between consecutive frames (OpenCV): Farnebäck (paper) or DIS (fast).
 
-Frames are first resized to a working size (short side `short_side`, aspect kept,
-never enlarged), converted to grayscale, and the flow is computed between them, so
+Frames are converted to grayscale and resized to a working size (short side
+`short_side`, aspect kept, never enlarged), and the flow is computed between them, so
 flow vectors are in pixels of the resized frame, which is also the frame that gets
 stored. ``flow[y, x] = (dx, dy)``: the pixel at (x, y) in the first frame moves to
 (x + dx, y + dy) in the second.
@@ -39,7 +39,7 @@ def working_size(width: int, height: int, short_side: int | None) -> tuple[int, 
 
 
 def resize_frame(frame: np.ndarray, short_side: int | None) -> np.ndarray:
-    """`frame` (H x W x C uint8) resized to `working_size` with area averaging."""
+    """`frame` (H x W or H x W x C uint8) resized to `working_size` with area averaging."""
     height, width = frame.shape[:2]
     size = working_size(width, height, short_side)
     if size == (width, height):
@@ -83,14 +83,13 @@ def aggregate_flow(
     """
     if len(frames) < 2:
         raise HearflowError("flow needs at least two frames")
-    resized = [resize_frame(frame, short_side) for frame in frames]
-    if any(r.shape != resized[0].shape for r in resized):
-        raise HearflowError(f"frames of different sizes: {sorted({r.shape for r in resized})}")
-    grays = [_gray(r) for r in resized]
+    if any(frame.shape != frames[0].shape for frame in frames):
+        raise HearflowError(f"frames of different sizes: {sorted({frame.shape for frame in frames})}")
+    grays = [resize_frame(_gray(frame), short_side) for frame in frames]  # one channel to resize, not three
     total = np.zeros(grays[0].shape + (2,), np.float32)
     for first, second in zip(grays[:-1], grays[1:]):
         total += flow_between(first, second, method)
-    return resized[key], total / (len(grays) - 1)
+    return resize_frame(frames[key], short_side), total / (len(grays) - 1)
 
 
 def pair_window(key: int, pairs: int, n_frames: int) -> int:

@@ -16,6 +16,7 @@ videos is applied (flips in the matrix are not).
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -104,42 +105,127 @@ def _video_stream(container, path):
     return container.streams.video[0]
 
 
+KEEP_PACKETS_MAX_BYTES = 256 * 2**20  # files up to this size are demuxed into memory once
+
+
+class VideoFile:
+    """A video file, demuxed once; use as a context manager.
+
+    Opening demuxes every packet of the first video stream (counting the frames and
+    noting keyframes, see `VideoInfo`) and of the first audio stream, decoding only
+    until the first frame comes out (for the size and the rotation). Files up to
+    KEEP_PACKETS_MAX_BYTES keep their packets in memory: `read_frames` then decodes
+    from memory (continuing the decoder opening started when the wanted frames are in
+    the first group of pictures), and `hearflow.media.audio.read_audio_window`
+    takes the audio from memory too, so the file is read exactly once. Larger files
+    are read again with one seek per request.
+
+    Raises HearflowError for a missing, empty or unreadable file, or one without a
+    decodable video stream. A truncated file is read up to where it breaks.
+    """
+
+    def __init__(self, path: str | Path, keep_packets: bool = True) -> None:
+        self.path = Path(path)
+        self._container = _open(path)
+        try:
+            self._demux(keep_packets and (not self.path.is_file() or self.path.stat().st_size <= KEEP_PACKETS_MAX_BYTES))
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _demux(self, keep: bool) -> None:
+        container, path = self._container, self.path
+        stream = _video_stream(container, path)
+        self.video_stream = stream
+        self.audio_stream = container.streams.audio[0] if container.streams.audio else None
+        stream.codec_context.thread_count = 1  # frame threads would apply skip settings late
+        self._video_packets = [] if keep else None
+        self.audio_packets = [] if keep and self.audio_stream is not None else None
+        timestamps: list[int | None] = []
+        keyframes: list[tuple[int, int | None, int | None]] = []  # (position, pts, dts), decode order
+        self._opening_frames: list = []  # frames the decoder gave while opening
+        self._fed = 0  # video packets fed to the decoder while opening
+        streams = [s for s in (stream, self.audio_stream) if s is not None]
+        try:
+            for packet in container.demux(*streams):
+                if packet.size == 0:
+                    continue
+                if packet.stream is not stream:
+                    if self.audio_packets is not None:
+                        self.audio_packets.append(packet)
+                    continue
+                ts = packet.pts if packet.pts is not None else packet.dts
+                if packet.is_keyframe:
+                    keyframes.append((len(timestamps), ts, packet.dts))
+                timestamps.append(ts)
+                if self._video_packets is not None:
+                    self._video_packets.append(packet)
+                if not self._opening_frames:
+                    self._opening_frames = _decode_quietly(stream.codec_context, packet)
+                    self._fed += 1
+        except (av.FFmpegError, EOFError):
+            pass  # a truncated or damaged file: keep the packets read before the damage
+        if not self._opening_frames:
+            self._opening_frames = _decode_quietly(stream.codec_context, None)
+            self._fed = -1  # the decoder was drained: it must be reset before reuse
+        if not self._opening_frames:
+            raise HearflowError(f"{path}: the video stream has no decodable frame")
+        self._decoder_fresh = True  # still exactly as opening left it
+        self._keyframes = keyframes
+        self.info = _video_info(container, stream, path, timestamps, keyframes, self._opening_frames[0])
+
+    def read_frames(self, index: int, count: int) -> list[np.ndarray]:
+        """Frames ``index .. index + count - 1`` (RGB uint8 H x W x 3, display orientation)."""
+        info = self.info
+        _check_range(self.path, info, index, count)
+        frames = None
+        if info.seekable and self._video_packets is not None:
+            frames = self._read_from_memory(index, count)
+        elif info.seekable:
+            frames = _read_by_timestamp(self.path, info, index, count)
+        return frames if frames is not None else _read_by_counting(self.path, info, index, count)
+
+    def _read_from_memory(self, index: int, count: int) -> list[np.ndarray] | None:
+        target = self.info.frame_pts[index]
+        starts = [position for position, pts, _ in self._keyframes if pts is not None and pts <= target]
+        start = starts[-1] if starts else 0
+        context = self.video_stream.codec_context
+        carried = []
+        if self._decoder_fresh and self._fed >= 0 and start <= self._fed:
+            carried, start = self._opening_frames, self._fed  # continue where opening stopped
+        else:
+            context.flush_buffers()
+        self._decoder_fresh = False
+        packets = itertools.chain(self._video_packets[start:], [None])
+        return _collect_frames(packets, context, self.info, index, count, carried, self.path)
+
+    def close(self) -> None:
+        self._container.close()
+        self._video_packets = self.audio_packets = None
+
+    def __enter__(self) -> "VideoFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def probe(path: str | Path) -> VideoInfo:
     """Count the frames of the first video stream and read its size, rate and rotation.
 
-    One demuxing pass over the file; only the first frame is decoded (for the size
-    and the rotation). A truncated file is probed up to where it breaks.
-    Raises HearflowError for a missing, empty or unreadable file, or one without a
-    decodable video stream.
+    One demuxing pass over the file; only the first frame is decoded. Raises
+    HearflowError for a missing, empty or unreadable file, or one without a
+    decodable video stream; a truncated file is probed up to where it breaks.
     """
-    with _open(path) as container:
-        stream = _video_stream(container, path)
-        stream.codec_context.thread_count = 1
-        timestamps: list[int | None] = []
-        keyframes: list[tuple[int | None, int | None]] = []  # (pts, dts) of key packets, decode order
-        first_frame = None
-        try:
-            for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue
-                ts = packet.pts if packet.pts is not None else packet.dts
-                timestamps.append(ts)
-                if packet.is_keyframe:
-                    keyframes.append((ts, packet.dts))
-                if first_frame is None:
-                    first_frame = _first_decoded(stream, packet)
-            if first_frame is None:
-                first_frame = _first_decoded(stream, None)
-        except (av.FFmpegError, EOFError):
-            pass  # a truncated or damaged file: keep the packets read before the damage
-        if first_frame is None:
-            raise HearflowError(f"{path}: the video stream has no decodable frame")
-        time_base = stream.time_base or Fraction(1, 1)
-        start_s = container.start_time / av.time_base if container.start_time is not None else 0.0
-        declared_duration = container.duration / av.time_base if container.duration else None
-        has_audio = bool(container.streams.audio)
-        declared_rate = stream.average_rate or stream.guessed_rate
+    with VideoFile(path, keep_packets=False) as video:
+        return video.info
 
+
+def _video_info(container, stream, path, timestamps, keyframes, first_frame) -> VideoInfo:
+    time_base = stream.time_base or Fraction(1, 1)
+    start_s = container.start_time / av.time_base if container.start_time is not None else 0.0
+    declared_duration = container.duration / av.time_base if container.duration else None
+    declared_rate = stream.average_rate or stream.guessed_rate
     known = [ts for ts in timestamps if ts is not None]
     seekable = len(known) == len(timestamps) and len(set(known)) == len(known) and len(known) > 0
     frame_pts = tuple(sorted(known)) if seekable else ()
@@ -162,21 +248,20 @@ def probe(path: str | Path) -> VideoInfo:
         height=height,
         duration_s=float(duration_s),
         rotation=rotation,
-        has_audio=has_audio,
+        has_audio=bool(container.streams.audio),
         frame_pts=frame_pts,
         time_base=time_base,
         start_s=start_s,
-        seek_pts=_seek_points(frame_pts, keyframes) if seekable else (),
+        seek_pts=_seek_points(frame_pts, [(pts, dts) for _, pts, dts in keyframes]) if seekable else (),
         seekable=seekable,
     )
 
 
-def _first_decoded(stream, packet):
+def _decode_quietly(context, packet) -> list:
     try:
-        frames = stream.decode(packet)
+        return list(context.decode(packet))
     except av.FFmpegError:
-        return None
-    return frames[0] if frames else None
+        return []
 
 
 def _seek_points(frame_pts: tuple[int, ...], keyframes: list[tuple[int | None, int | None]]) -> tuple[int, ...]:
@@ -202,52 +287,76 @@ def _to_display(frame, rotation: int) -> np.ndarray:
     return image
 
 
+def _check_range(path, info: VideoInfo, index: int, count: int) -> None:
+    if count < 1 or index < 0 or index + count > info.n_frames:
+        raise HearflowError(
+            f"{path}: frames {index}..{index + count - 1} requested, but the video has {info.n_frames} frames"
+        )
+
+
 def read_frames(path: str | Path, index: int, count: int, info: VideoInfo | None = None) -> list[np.ndarray]:
     """Frames ``index .. index + count - 1`` (RGB uint8 H x W x 3, display orientation).
 
     Seeks once to the keyframe before `index` and decodes forward; frames before
     `index` that no other frame depends on are skipped by the decoder. Falls back to
     decoding from the start when the file's timestamps cannot be trusted.
+    (`VideoFile.read_frames` does the same without reading the file a second time.)
     """
     info = info or probe(path)
-    if count < 1 or index < 0 or index + count > info.n_frames:
-        raise HearflowError(
-            f"{path}: frames {index}..{index + count - 1} requested, but the video has {info.n_frames} frames"
-        )
-    if info.seekable:
-        frames = _read_by_timestamp(path, info, index, count)
-        if frames is not None:
-            return frames
-    return _read_by_counting(path, info, index, count)
+    _check_range(path, info, index, count)
+    frames = _read_by_timestamp(path, info, index, count) if info.seekable else None
+    return frames if frames is not None else _read_by_counting(path, info, index, count)
+
+
+def _collect_frames(packets, context, info: VideoInfo, index: int, count: int, carried, path) -> list[np.ndarray] | None:
+    """Feed `packets` (None flushes) to `context` and keep frames index..index+count-1 by timestamp.
+
+    Frames nothing depends on are skipped until the first wanted packet. Returns
+    None when the timestamps do not lead to the frames (the caller falls back).
+    """
+    wanted = set(info.frame_pts[index : index + count])
+    first_wanted = info.frame_pts[index]
+    found: dict[int, np.ndarray] = {}
+
+    def take(frames) -> bool | None:
+        for frame in frames:
+            if frame.pts is None or (frame.pts > first_wanted and first_wanted not in found):
+                return None  # no timestamps, or decoding started after the wanted frame
+            if frame.pts in wanted:
+                found[frame.pts] = _to_display(frame, info.rotation)
+        return len(found) == count
+
+    if carried and take(carried) is None:
+        return None
+    context.skip_frame = "NONREF"
+    try:
+        for packet in packets:
+            if len(found) == count:
+                break
+            if context.skip_frame != "DEFAULT" and (packet is None or packet.size == 0 or _packet_ts(packet) is None
+                                                     or _packet_ts(packet) >= first_wanted):
+                context.skip_frame = "DEFAULT"
+            if take(context.decode(packet)) is None:
+                return None
+    except (av.FFmpegError, EOFError) as error:
+        raise HearflowError(f"{path}: decoding failed near frame {index} ({_ffmpeg_message(error)})") from None
+    finally:
+        context.skip_frame = "DEFAULT"
+    if len(found) < count:
+        return None  # not all frames came out: let the decode-from-start path decide
+    return [found[pts] for pts in sorted(found)]
+
+
+def _packet_ts(packet) -> int | None:
+    return packet.pts if packet.pts is not None else packet.dts
 
 
 def _read_by_timestamp(path, info: VideoInfo, index: int, count: int) -> list[np.ndarray] | None:
-    wanted = {pts: i for i, pts in enumerate(info.frame_pts[index : index + count])}
-    first_wanted = info.frame_pts[index]
-    found: dict[int, np.ndarray] = {}
     with _open(path) as container:
         stream = container.streams.video[0]
-        context = stream.codec_context
-        context.thread_count = 1  # frame threads would apply the skip setting late
-        context.skip_frame = "NONREF"  # frames nothing depends on are not needed before the target
+        stream.codec_context.thread_count = 1  # frame threads would apply the skip setting late
         container.seek(info.seek_pts[index], stream=stream, backward=True, any_frame=False)
-        try:
-            for packet in container.demux(stream):
-                ts = packet.pts if packet.pts is not None else packet.dts
-                if context.skip_frame != "DEFAULT" and (packet.size == 0 or (ts is not None and ts >= first_wanted)):
-                    context.skip_frame = "DEFAULT"
-                for frame in stream.decode(packet):
-                    if frame.pts is None:
-                        return None
-                    if frame.pts > first_wanted and first_wanted not in found:
-                        return None  # the seek landed after the wanted frame
-                    if frame.pts in wanted:
-                        found[frame.pts] = _to_display(frame, info.rotation)
-                        if len(found) == count:
-                            return [found[pts] for pts in sorted(found)]
-        except (av.FFmpegError, EOFError) as error:
-            raise HearflowError(f"{path}: decoding failed near frame {index} ({_ffmpeg_message(error)})") from None
-    return None  # not all frames came out: let the decode-from-start path decide
+        return _collect_frames(container.demux(stream), stream.codec_context, info, index, count, [], path)
 
 
 def _read_by_counting(path, info: VideoInfo, index: int, count: int) -> list[np.ndarray]:
