@@ -14,7 +14,8 @@ __all__ = ["HTF", "Localization", "build_model"]
 def build_model(preset: str = "htf", pretrained: bool = False, config: Config | None = None, **overrides: Any) -> HTF:
     """A fresh HTF model for a named preset (or an explicit ``config``) with field overrides.
 
-    ``build_model("htf", prior="spatial")`` or ``build_model(config=cfg, **{"model.width": 32})``.
+    ``build_model("htf", prior="spatial")`` or ``build_model(config=cfg, **{"model.width": 32})``
+    (``preset`` is ignored when ``config`` is given; ``config`` itself is not modified).
     ``pretrained=True`` loads torchvision's ImageNet weights into the encoders the
     config asks for (``model.vision_pretrained``, ``model.flow_pretrained``); without
     it every encoder is randomly initialised. The model starts in training mode
