@@ -173,8 +173,9 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
 
 def synchronize_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Replace every BatchNorm2d of ``model`` with a synchronised copy (same weights,
-    buffers, ``requires_grad`` and train/eval mode); returns the model."""
+    """Replace every BatchNorm2d of ``model`` in place with a synchronised one that holds
+    the same parameter and buffer tensors (so dtype, device and ``requires_grad`` are
+    kept) and the same train/eval mode; returns the model."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return _convert_cpu(model)
@@ -183,18 +184,11 @@ def synchronize_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 def _convert_cpu(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm2d):
         synced = SyncBatchNorm2d(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+            device="meta",
         )
-        if module.affine:
-            with torch.no_grad():
-                synced.weight.copy_(module.weight)
-                synced.bias.copy_(module.bias)
-            synced.weight.requires_grad_(module.weight.requires_grad)
-            synced.bias.requires_grad_(module.bias.requires_grad)
-        if module.track_running_stats:
-            synced.running_mean.copy_(module.running_mean)
-            synced.running_var.copy_(module.running_var)
-            synced.num_batches_tracked.copy_(module.num_batches_tracked)
+        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            setattr(synced, name, tensor)
         synced.train(module.training)
         return synced
     for name, child in module.named_children():

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from hearflow import distributed
 from hearflow.checkpoint import load_checkpoint, load_state, save_checkpoint
-from hearflow.config import Config, apply_overrides, preset_config
+from hearflow.config import Config, ObjectiveConfig, apply_overrides, preset_config
 from hearflow.data.dataset import PreparedDataset, worker_init
 from hearflow.errors import HearflowError
 from hearflow.evaluate import ValidationSet, write_text
@@ -143,19 +143,56 @@ def train(
         distributed.teardown(context)
 
 
-class _Features(nn.Module):
-    """What DistributedDataParallel wraps: the model's visual maps and audio vectors.
+class Features(nn.Module):
+    """The part of the model a training step runs: ``(image, flow, spectrogram) ->
+    (visual maps B x c x h x w, audio vectors B x c)``, both L2-normalised.
 
-    The cross-similarity and the loss are computed outside, on the features of the
-    global batch (`distributed.gather_with_grad`).
+    This is what DistributedDataParallel wraps; the similarity maps and the loss are
+    computed from the features of the global batch (`global_batch_loss`).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: HTF) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, image, flow, spectrogram):
         return self.model.visual_map(image, flow), self.model.audnet(spectrogram)
+
+
+def training_features(model: HTF, context: distributed.Distributed) -> nn.Module:
+    """`Features` of ``model`` (already on ``context.device``) as a training step runs them:
+    with synchronised BatchNorm and DistributedDataParallel when there are several processes."""
+    features = Features(model)
+    if not context.enabled:
+        return features
+    distributed.synchronize_batchnorm(model, context.device)
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(features, device_ids=device_ids)
+
+
+def global_batch_loss(
+    features: nn.Module,
+    image: torch.Tensor,
+    flow: torch.Tensor,
+    spectrogram: torch.Tensor,
+    objective: ObjectiveConfig,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The trimap contrastive loss of the global batch, the same scalar on every process.
+
+    Each process passes its share of the batch; visual maps and audio vectors of all
+    processes are gathered (in rank order, gradients flowing back to their owner), so
+    every image is compared with every audio clip of the global batch. The encoders
+    run under autocast with ``amp_dtype`` (None: the inputs' dtype); similarities and
+    the loss are computed in float32 (or float64 for float64 features).
+    """
+    with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        visual, audio = features(image, flow, spectrogram)
+    precision = torch.promote_types(visual.dtype, torch.float32)
+    visual = distributed.gather_with_grad(visual.to(precision))
+    audio = distributed.gather_with_grad(audio.to(precision))
+    cross_similarity = torch.einsum("ichw,jc->ijhw", visual, audio)
+    return lvs_loss(cross_similarity, objective.eps_p, objective.eps_n, objective.tau, objective.temperature)
 
 
 class _Run:
@@ -218,13 +255,7 @@ class _Run:
         if state is not None:
             load_state(self.model, state["state_dict"], self.last_path)
         self.model.to(device)
-        features = _Features(self.model)
-        if context.enabled:
-            distributed.synchronize_batchnorm(self.model, device)
-            features = nn.parallel.DistributedDataParallel(
-                features, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        self.features = features
+        self.features = training_features(self.model, context)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(
             trainable, lr=self.config.train.lr, weight_decay=self.config.train.weight_decay
@@ -301,7 +332,6 @@ class _Run:
 
     def _train_epoch(self, epoch: int, writer) -> dict[str, Any]:
         config, device = self.config, self.context.device
-        objective = config.objective
         self.model.train()
         loader = self._loader(epoch)
         bar = tqdm(
@@ -313,14 +343,7 @@ class _Run:
             image = batch["image"].to(device, non_blocking=True)
             flow = batch["flow"].to(device, non_blocking=True)
             spec = batch["spectrogram"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                visual, audio = self.features(image, flow, spec)
-            visual = distributed.gather_with_grad(visual.float())
-            audio = distributed.gather_with_grad(audio.float())
-            cross_similarity = torch.einsum("ichw,jc->ijhw", visual, audio)
-            loss = lvs_loss(
-                cross_similarity, objective.eps_p, objective.eps_n, objective.tau, objective.temperature
-            )
+            loss = global_batch_loss(self.features, image, flow, spec, config.objective, self.amp_dtype)
             value = loss.item()
             if not math.isfinite(value):
                 raise HearflowError(

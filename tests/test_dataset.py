@@ -1,0 +1,129 @@
+"""PreparedDataset: the one preprocessing path, reproducible augmentation, missing files, layouts."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from torch.utils.data import DataLoader
+
+from hearflow.config import preset_config
+from hearflow.data.dataset import PreparedDataset, fit_audio
+from hearflow.data.prepared import PreparedFolder, read_wav
+from hearflow.data.transforms import image_flow_tensors, spectrogram
+from hearflow.errors import HearflowError
+from hearflow.media.audio import resample
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_test_items_are_the_transforms_of_the_stored_sample(synth_set):
+    config = small_config()
+    dataset = PreparedDataset(synth_set.prepared, config, train=False)
+    assert dataset.ids == synth_set.ids() and len(dataset) == 16
+    item = dataset[3]
+    sample = PreparedFolder(synth_set.prepared).read(item["id"])
+    image, flow = image_flow_tensors(sample.frame, sample.flow, config.data, train=False)
+    assert item["id"] == dataset.ids[3]
+    assert item["image"].shape == (3, 64, 64) and item["flow"].shape == (2, 64, 64)
+    assert torch.equal(item["image"], image) and torch.equal(item["flow"], flow)
+    # The spectrogram against scipy directly on the stored WAV (3 s at 16 kHz).
+    audio, rate = read_wav(synth_set.prepared / "audio" / f"{item['id']}.wav")
+    assert rate == 16000 and len(audio) == 48000
+    _, _, power = scipy.signal.spectrogram(audio.astype(np.float64), 16000, nperseg=512, noverlap=274)
+    expected = (np.log(power + 1e-7) - 0.0) / 12.0
+    assert item["spectrogram"].dtype == torch.float32 and item["spectrogram"].shape == (1, 257, 200)
+    np.testing.assert_allclose(item["spectrogram"][0].numpy(), expected, rtol=0, atol=1e-5)
+    # The test transform has no randomness.
+    assert torch.equal(dataset[3]["image"], item["image"])
+
+
+def test_train_augmentation_depends_on_seed_epoch_and_index_only(synth_set):
+    dataset = PreparedDataset(synth_set.prepared, small_config(), train=True)
+    dataset.set_epoch(1)
+    first = [dataset[i] for i in range(8)]
+    again = [dataset[i] for i in range(8)]
+    assert all(torch.equal(a["image"], b["image"]) and torch.equal(a["flow"], b["flow"]) for a, b in zip(first, again))
+    dataset.set_epoch(2)
+    other = [dataset[i] for i in range(8)]
+    assert any(not torch.equal(a["image"], b["image"]) for a, b in zip(first, other))
+    # The loader's worker processes draw the same augmentations as the main process.
+    dataset.set_epoch(1)
+    batch = next(iter(DataLoader(dataset, batch_size=8, num_workers=2)))
+    assert batch["id"] == dataset.ids[:8]
+    assert torch.equal(batch["image"], torch.stack([item["image"] for item in first]))
+    assert torch.equal(batch["flow"], torch.stack([item["flow"] for item in first]))
+
+
+def test_train_crops_and_flips_image_and_flow_together(synth_set):
+    config = small_config()
+    dataset = PreparedDataset(synth_set.prepared, config, train=True)
+    sample = PreparedFolder(synth_set.prepared).read(dataset.ids[5])
+    rng = np.random.default_rng([config.train.seed, 0, 5])
+    image, flow = image_flow_tensors(sample.frame, sample.flow, config.data, train=True, rng=rng)
+    item = dataset[5]
+    assert torch.equal(item["image"], image) and torch.equal(item["flow"], flow)
+
+
+def test_audio_is_resampled_to_the_config_rate(synth_set):
+    config = small_config(**{"data.sample_rate": 8000})
+    dataset = PreparedDataset(synth_set.prepared, config, train=False)
+    sample = PreparedFolder(synth_set.prepared).read(dataset.ids[0])
+    assert sample.sample_rate == 16000
+    expected = spectrogram(resample(sample.audio, 16000, 8000), config.data)
+    item = dataset[0]
+    assert item["spectrogram"].shape == expected.shape == (1, 257, 99)
+    np.testing.assert_array_equal(item["spectrogram"].numpy(), expected)
+
+
+def test_fit_audio_crops_the_centre_and_tiles_short_clips():
+    data = preset_config("htf").data
+    data.sample_rate, data.seconds = 4, 1.75  # a window of 7 samples
+    np.testing.assert_array_equal(fit_audio(np.array([1, 2, 3], np.float32), 4, data), [1, 2, 3, 1, 2, 3, 1])
+    np.testing.assert_array_equal(fit_audio(np.arange(11, dtype=np.float32), 4, data), [2, 3, 4, 5, 6, 7, 8])
+    np.testing.assert_array_equal(fit_audio(np.zeros(0, np.float32), 4, data), np.zeros(7))
+
+
+def test_missing_files_are_an_error_or_skipped_and_listed(synth_set, tmp_path):
+    folder = synth_set.copy_prepared(tmp_path / "prepared")
+    ids = synth_set.ids()
+    (folder / "flow" / f"{ids[2]}.npy").unlink()
+    with pytest.raises(HearflowError, match=rf"{ids[2]}.*missing .*flow.*{ids[2]}\.npy.*--skip-missing"):
+        PreparedDataset(folder, small_config(), train=True)
+    dataset = PreparedDataset(folder, small_config(), train=True, skip_missing=True)
+    assert dataset.ids == ids[:2] + ids[3:]
+    assert [sample_id for sample_id, _ in dataset.skipped] == [ids[2]]
+    with pytest.raises(HearflowError, match="not in the folder's manifest"):
+        PreparedDataset(folder, small_config(), train=False, ids=[ids[0], "no-such-clip"])
+
+
+def _released_copy(synth_set, destination):
+    """The same samples in the released layout: 8-bit JPEG flow clipped to [0, 255]."""
+    for sub in ("frames", "flow/flow_x", "flow/flow_y", "audio"):
+        (destination / sub).mkdir(parents=True)
+    folder = PreparedFolder(synth_set.prepared)
+    for sample_id in folder.ids:
+        shutil.copy(synth_set.prepared / "frames" / f"{sample_id}.jpg", destination / "frames")
+        shutil.copy(synth_set.prepared / "audio" / f"{sample_id}.wav", destination / "audio")
+        flow = np.load(synth_set.prepared / "flow" / f"{sample_id}.npy").astype(np.float32)
+        for channel, name in enumerate(("flow_x", "flow_y")):
+            cv2.imwrite(str(destination / "flow" / name / f"{sample_id}.jpg"), np.clip(flow[..., channel], 0, 255))
+    return destination
+
+
+def test_released_layout_needs_the_official_flow_encoding(synth_set, tmp_path):
+    folder = _released_copy(synth_set, tmp_path / "released")
+    with pytest.raises(HearflowError, match="official"):
+        PreparedDataset(folder, small_config(), train=False)
+    config = small_config(**{"data.flow_encoding": "official"})
+    dataset = PreparedDataset(folder, config, train=True)
+    assert PreparedFolder(folder).layout == "released"
+    assert sorted(dataset.ids) == sorted(synth_set.ids())
+    item = dataset[0]
+    assert item["flow"].shape == (2, 64, 64)
+    assert float(item["flow"].min()) >= 0.0 and float(item["flow"].max()) <= 1.0
