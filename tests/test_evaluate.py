@@ -1,0 +1,173 @@
+"""hearflow evaluate: the documented files, the protocol's numbers, unmatched ids, released checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+
+from hearflow.checkpoint import load, save_checkpoint
+from hearflow.cli import main
+from hearflow.data.annotations import load_annotations
+from hearflow.data.dataset import PreparedDataset
+from hearflow.errors import HearflowError
+from hearflow.evaluate import Predictions, evaluate, score
+from hearflow.metrics import ap_max_f1, ciou, summarize
+from hearflow.model import build_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A cpu-small model with random weights (its BatchNorm statistics moved off 0/1)."""
+    torch.manual_seed(0)
+    model = build_model(config=small_config())
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.uniform_(-0.1, 0.1)
+    path = tmp_path_factory.mktemp("evaluate") / "model.pt"
+    save_checkpoint(path, model)
+    return path
+
+
+def _annotations(synth_set):
+    return json.loads(synth_set.annotations.read_text())
+
+
+def test_cli_evaluate_writes_the_documented_files(synth_set, checkpoint, tmp_path, capsys):
+    status = main([
+        "evaluate", "--checkpoint", str(checkpoint), "--data", str(synth_set.prepared),
+        "--annotations", str(synth_set.annotations), "--out", str(tmp_path / "results.json"),
+        "--per-sample", str(tmp_path / "per_sample.csv"), "--save-maps", str(tmp_path / "maps"),
+        "--num-maps", "2", "--batch-size", "5", "--workers", "0",
+    ])
+    assert status == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    entries = _annotations(synth_set)
+    no_source = sum(1 for entry in entries if not entry["bbox"])
+    assert no_source > 0
+    assert results["n"] == len(entries) - no_source and results["n_no_source"] == no_source
+    assert {"n", "ciou_at_0_5", "auc", "mean_ciou", "ap", "max_f1"} <= set(results)
+    assert results["annotated_without_sample"] == results["samples_without_annotation"] == 0
+    table = capsys.readouterr().out
+    for label in ("samples", "cIoU@0.5", "AUC", "mean cIoU", "AP", "max-F1"):
+        assert label in table
+    with open(tmp_path / "per_sample.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["id", "ciou", "confidence"]
+    assert [row["id"] for row in rows] == [entry["file"] for entry in entries]
+    assert sum(1 for row in rows if row["ciou"] == "") == no_source
+    maps = sorted(path.name for path in (tmp_path / "maps").iterdir())
+    assert [name[:8] for name in maps] == ["best-01-", "best-02-", "worst-01", "worst-02"]
+    image = cv2.imread(str(tmp_path / "maps" / maps[0]))
+    assert image.shape == (224, 224, 3)
+    best_id = maps[0][len("best-01-"):-len(".png")]
+    scored = [row for row in rows if row["ciou"]]
+    assert best_id == max(scored, key=lambda row: float(row["ciou"]))["id"]
+
+
+def test_numbers_equal_a_per_sample_loop(synth_set, checkpoint):
+    results = evaluate(checkpoint, synth_set.prepared, synth_set.annotations, batch_size=6, workers=0)
+    model = load(checkpoint)
+    annotations = load_annotations(synth_set.annotations)
+    dataset = PreparedDataset(synth_set.prepared, model.config, train=False)
+    maps, confidence, has_source, gt = [], [], [], []
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            item = dataset[index]
+            output = model(item["image"][None], item["flow"][None], item["spectrogram"][None])
+            maps.append(output.similarity[0].numpy())
+            confidence.append(float(output.similarity.max()))
+            has_source.append(annotations.has_source(item["id"]))
+            gt.append(annotations.gt_map(item["id"]))
+    has_source = np.array(has_source)
+    cious = ciou(np.stack(maps), np.stack(gt))
+    expected = {
+        **summarize(cious[has_source]),
+        **ap_max_f1(np.array(confidence), has_source, np.where(has_source, cious, 0.0)),
+    }
+    # Scoring the loop's maps gives exactly the metrics module's numbers...
+    predictions = Predictions(list(dataset.ids), np.stack(maps), np.array(confidence, np.float32))
+    scored_cious, scored = score(predictions, annotations, chunk=4)
+    np.testing.assert_array_equal(scored_cious[has_source], cious[has_source])
+    assert np.isnan(scored_cious[~has_source]).all()
+    for key, value in expected.items():
+        assert scored[key] == value, key
+    # ...and batched inference gives the loop's maps up to float rounding, which can
+    # move a pixel across a median threshold (a cIoU change of ~1e-5).
+    for key, value in expected.items():
+        assert results[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_unmatched_ids_are_counted_and_reported(synth_set, checkpoint, tmp_path, capsys):
+    entries = _annotations(synth_set)
+    kept = entries[3:]
+    extra = [{"file": "clip-never-prepared", "class": "x", "bbox": [[0.1, 0.1, 0.5, 0.5]]}]
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text(json.dumps(kept + extra))
+    results = evaluate(checkpoint, synth_set.prepared, annotations, workers=0, out=tmp_path / "r.json")
+    assert results["annotated_without_sample"] == 1
+    assert results["samples_without_annotation"] == 3
+    assert results["n"] + results.get("n_no_source", 0) == len(kept)
+    out = capsys.readouterr().out
+    assert "1 annotated ids without a prepared sample (e.g. clip-never-prepared)" in out
+    assert f"3 prepared samples without an annotation (e.g. {entries[0]['file']}" in out
+    annotations.write_text(json.dumps(extra))
+    with pytest.raises(HearflowError, match="no prepared sample .* is annotated"):
+        evaluate(checkpoint, synth_set.prepared, annotations, workers=0)
+
+
+def test_missing_files_stop_or_are_skipped(synth_set, checkpoint, tmp_path, capsys):
+    folder = synth_set.copy_prepared(tmp_path / "prepared")
+    victim = next(entry["file"] for entry in _annotations(synth_set) if entry["bbox"])
+    (folder / "audio" / f"{victim}.wav").unlink()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(folder),
+                 "--annotations", str(synth_set.annotations), "--workers", "0"]) == 1
+    error = capsys.readouterr().err
+    assert victim in error and f"{victim}.wav" in error and "--skip-missing" in error
+    full = evaluate(checkpoint, synth_set.prepared, synth_set.annotations, workers=0)
+    results = evaluate(checkpoint, folder, synth_set.annotations, workers=0, skip_missing=True)
+    assert results["skipped_missing_files"] == 1 and results["n"] == full["n"] - 1
+    assert "1 samples skipped for missing files" in capsys.readouterr().out
+
+
+def test_benchmark_check_and_flow_fusion(synth_set, checkpoint, tmp_path):
+    with pytest.raises(HearflowError, match="holds vggss annotations, not flickr"):
+        evaluate(checkpoint, synth_set.prepared, synth_set.annotations, benchmark="flickr", workers=0)
+    plain, fused = tmp_path / "plain.csv", tmp_path / "fused.csv"
+    evaluate(checkpoint, synth_set.prepared, synth_set.annotations, workers=0, per_sample=plain)
+    results = evaluate(checkpoint, synth_set.prepared, synth_set.annotations, workers=0, per_sample=fused,
+                       flow_fusion=2.0)
+    assert results["flow_fusion"] == 2.0
+    confidence = [[float(row["confidence"]) for row in csv.DictReader(open(path))] for path in (plain, fused)]
+    assert confidence[0] != confidence[1]
+    with pytest.raises(HearflowError, match="non-negative"):
+        evaluate(checkpoint, synth_set.prepared, synth_set.annotations, workers=0, flow_fusion=-1.0)
+
+
+@pytest.mark.slow
+def test_released_checkpoint_is_evaluated_with_its_own_preprocessing(synth_set, tmp_path):
+    torch.manual_seed(0)
+    released = build_model("htf-released")
+    path = tmp_path / "released.pth"
+    torch.save({"model": released.state_dict()}, path)
+    results = evaluate(path, synth_set.prepared, synth_set.annotations, batch_size=16, workers=0,
+                       per_sample=tmp_path / "per_sample.csv")
+    model = load(path)
+    assert model.config.preset == "htf-released" and model.config.data.flow_encoding == "official"
+    dataset = PreparedDataset(synth_set.prepared, model.config, train=False)
+    item = dataset[0]
+    assert item["image"].shape == (3, 224, 224) and item["spectrogram"].shape == (1, 257, 276)
+    with torch.no_grad():
+        similarity = model(item["image"][None], item["flow"][None], item["spectrogram"][None]).similarity
+    rows = list(csv.DictReader(open(tmp_path / "per_sample.csv")))
+    assert rows[0]["id"] == item["id"]
+    assert float(rows[0]["confidence"]) == pytest.approx(float(similarity.max()), abs=1e-5)
+    assert results["n"] > 0 and 0.0 <= results["auc"] <= 1.0
