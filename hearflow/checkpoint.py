@@ -34,6 +34,8 @@ _RESERVED = ("format", "hearflow_version", "config", "state_dict")
 def save_checkpoint(path: str | Path, model: HTF, **extra: Any) -> None:
     """Write ``model`` (its config and weights) and ``extra`` to ``path`` atomically.
 
+    ``model`` is the HTF module itself, not a DistributedDataParallel or compiled wrapper.
+
     ``extra`` holds what a resume needs (optimizer state, epoch, rng state, metrics);
     its values must be tensors, numbers, strings or plain containers of them so that
     the file loads with ``weights_only=True``.
