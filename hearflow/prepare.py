@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import re
 import signal
 import sys
@@ -280,6 +279,8 @@ def _worker_main(connection, out: str, recipe: dict) -> None:
             message = ("ok", number, row)
         except StageFailure as failure:
             message = ("failed", number, failure.stage, failure.message)
+        except Exception as error:  # a bug outside the stages: record it, keep the worker
+            message = ("failed", number, "crash", f"{type(error).__name__}: {error}")
         try:
             connection.send(message)
         except (BrokenPipeError, OSError):

@@ -56,8 +56,8 @@ MANIFEST_COLUMNS = (
     "sample_rate",
     "audio_seconds",
 )
+# stage: input (missing file, duplicate id), probe, audio, decode, flow, write, timeout, crash
 FAILURE_COLUMNS = ("id", "video", "stage", "error")
-FAILURE_STAGES = ("input", "probe", "decode", "flow", "audio", "write", "timeout", "crash")
 TMP_MARKER = ".tmp-"
 
 

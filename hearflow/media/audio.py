@@ -124,12 +124,11 @@ def _window(packets, stream, start_s, center_s, seconds, sample_rate, path) -> n
                   float((packets[-1].pts + (packets[-1].duration or 0)) * time_base) - start_s)
     if extent is not None and extent[1] - extent[0] >= seconds:
         window_start = min(max(center_s - seconds / 2, extent[0]), extent[1] - seconds)
-        low, high = window_start - MARGIN_S - PREROLL_S, window_start + seconds + MARGIN_S
-        selected = [
-            p for p in packets
-            if p.pts is None or (float((p.pts + (p.duration or 0)) * time_base) - start_s >= low
-                                 and float(p.pts * time_base) - start_s <= high)
-        ]
+        # the packets overlapping the window with its pre-roll and margins, compared in stream ticks
+        ticks = 1.0 / float(time_base)
+        low = (window_start - MARGIN_S - PREROLL_S + start_s) * ticks
+        high = (window_start + seconds + MARGIN_S + start_s) * ticks
+        selected = [p for p in packets if p.pts is None or (p.pts + (p.duration or 0) >= low and p.pts <= high)]
         samples, t0, rate = _decode(selected, stream, start_s, path)
         if t0 is not None and len(samples) >= seconds * rate:
             # the decoded span is the truth (priming and padding are trimmed by the decoder)
@@ -160,6 +159,7 @@ def _decode(packets, stream, start_s, path):
         raise HearflowError(f"{path}: the audio stream declares no sample rate")
     if context.is_open:
         context.flush_buffers()
+    seconds_per_tick = float(stream.time_base)
     pieces, t0, position = [], None, 0
     for packet in itertools.chain(packets, [None]):
         try:
@@ -168,7 +168,7 @@ def _decode(packets, stream, start_s, path):
             continue  # a damaged packet: its samples are missing, the timestamps keep the rest in place
         for frame in frames:
             if frame.pts is not None:
-                time_s = float(frame.pts * stream.time_base) - start_s
+                time_s = frame.pts * seconds_per_tick - start_s
                 if t0 is None and not pieces:
                     t0 = time_s
                 elif t0 is not None:
