@@ -326,7 +326,11 @@ class WorkerPool:
         try:
             parent.recv()
         except EOFError:
-            raise HearflowError(f"a prepare worker failed to start (exit code {process.exitcode})") from None
+            process.join(5)
+            raise HearflowError(
+                f"a prepare worker failed to start (exit code {process.exitcode}; its error is printed above; "
+                "worker processes re-import the main script, so run prepare from a file or `python -c`, not stdin)"
+            ) from None
         worker = _Worker(process, parent)
         self.workers.append(worker)
         return worker

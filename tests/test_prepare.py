@@ -69,6 +69,7 @@ GOOD = {  # name -> (expected counted frames, rotation)
     "short.mp4": (12, 0),
     "uhd.mp4": (3, 0),
     "two.mp4": (2, 0),
+    "cut.mkv": (None, 0),  # truncated: as many frames as survived
 }
 BAD = {  # name -> stage
     "empty.mp4": "probe",
@@ -104,6 +105,9 @@ def zoo(tmp_path_factory):
     whole = write_video(src / "whole.mp4", 40, 25, (96, 64), audio=tone_track(1.6, 16000), sample_rate=16000)
     (src / "no_index.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # index (moov) at the end
     whole.unlink()
+    whole = write_video(src / "whole.mkv", 60, 25, (96, 64), audio=tone_track(2.4, 16000), sample_rate=16000)
+    (src / "cut.mkv").write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    whole.unlink()
     write_video(src / "one_frame.mp4", 1, 25, (96, 64), audio=tone_track(1.0, 16000), sample_rate=16000)
     write_video(src / "no_audio.mp4", 25, 25, (96, 64))
     return src
@@ -131,12 +135,15 @@ def test_every_input_is_prepared_or_recorded(zoo_out, capsys):
     assert not list(out.rglob("*.tmp-*"))
 
 
-def test_manifest_rows_and_stored_key_frames(zoo_out):
+def test_manifest_rows_and_stored_key_frames(zoo, zoo_out):
     out, _ = zoo_out
     manifest = by_id(out / "manifest.csv")
     assert list(rows(out / "manifest.csv")[0]) == list(MANIFEST_COLUMNS)
     for name, (n_frames, rotation) in GOOD.items():
         row = manifest[Path(name).stem]
+        if n_frames is None:
+            n_frames = len(sequential_frames(zoo / name))
+            assert 10 < n_frames < 60, name
         key = min(n_frames // 2, n_frames - 2)
         assert int(row["n_frames"]) == n_frames, name
         assert int(row["key_frame"]) == key, name
