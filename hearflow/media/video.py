@@ -3,9 +3,10 @@
 Frames are numbered in presentation order from 0. Container-declared frame counts
 are often wrong, so `probe` counts the video packets itself (demuxing without
 decoding is cheap) and keeps each frame's presentation timestamp; frame ``i`` is the
-``i``-th smallest timestamp. `read_frames` then seeks once, to the keyframe at or
-before the wanted frame, and decodes forward, matching frames by timestamp, so the
-key frame and the next one come out of one decoding pass.
+``i``-th smallest timestamp. Frames are then decoded from the keyframe at or before
+the wanted frame, matched by timestamp, so the key frame and the next one come out
+of one decoding pass. `VideoFile` does all of it reading the file once (packets kept
+in memory); `read_frames` on a path seeks once instead.
 
 Times (``time_s``) are seconds from the start of the file (the container's start
 time), on the same clock as `hearflow.media.audio`, so a frame and its audio line up.
@@ -387,7 +388,13 @@ def read_frame_pair(
     The last frame has no successor, so an index or time at the very end selects
     the last pair. Raises HearflowError for videos with fewer than two frames.
     """
-    info = info or probe(path)
+    if info is None:  # one pass over the file
+        with VideoFile(path) as video:
+            return _frame_pair(path, video.info, index, time_s, video.read_frames)
+    return _frame_pair(path, info, index, time_s, lambda first, count: read_frames(path, first, count, info))
+
+
+def _frame_pair(path, info: VideoInfo, index, time_s, read) -> FramePair:
     if info.n_frames < 2:
         raise HearflowError(f"{path}: {info.n_frames} frame(s); a frame pair needs at least 2")
     if index is None:
@@ -395,7 +402,7 @@ def read_frame_pair(
     if not 0 <= index < info.n_frames:
         raise HearflowError(f"{path}: frame {index} requested, but the video has {info.n_frames} frames")
     index = min(index, info.n_frames - 2)
-    frame, next_frame = read_frames(path, index, 2, info)
+    frame, next_frame = read(index, 2)
     return FramePair(frame, next_frame, index, info.frame_time(index), info)
 
 
