@@ -65,9 +65,14 @@ class DemoSize:
 
 
 SIZES = {
-    "default": DemoSize(train_clips=2000, test_clips=400, epochs=10),
-    "quick": DemoSize(train_clips=400, test_clips=100, epochs=12),
+    "default": DemoSize(train_clips=1200, test_clips=300, epochs=8),
+    "quick": DemoSize(train_clips=320, test_clips=100, epochs=10),
 }
+# The demo's models are tiny: one torch thread per process, and data loaded in the
+# training process, beat two threads plus loader workers on a 2-core machine (about
+# 4x under load from other processes, where two threads spin against each other).
+TORCH_THREADS = 1
+LOADER_WORKERS = 0
 PRESETS = {HTF: "demo-htf", LVS: "demo-lvs"}
 
 
@@ -93,18 +98,19 @@ def run_demo(
 
     quick: the small CI version (`SIZES`); seed: the training set is synthesised
     with ``2 * seed + 1``, the test set with ``2 * seed + 2``, and training uses
-    ``seed``; workers: processes for synthesis, preparation and data loading.
+    ``seed``; workers: processes for synthesis and preparation.
     """
     if seed < 0 or workers < 1:
         raise HearflowError(f"--seed must be >= 0 and --workers >= 1, got {seed} and {workers}")
     start = time.monotonic()
+    torch.set_num_threads(TORCH_THREADS)
     size = SIZES["quick" if quick else "default"]
     out = Path(out_dir)
     timings: dict[str, float] = {}
 
     clock = time.monotonic()
     configs = {
-        name: preset_config(PRESETS[name], **{"train.seed": seed, "train.epochs": size.epochs, "train.workers": workers})
+        name: preset_config(PRESETS[name], **{"train.seed": seed, "train.epochs": size.epochs, "train.workers": LOADER_WORKERS})
         for name in (HTF, LVS)
     }
     data = make_data(out, size.train_clips, size.test_clips, seed, configs[LVS], workers=workers, progress=progress)
@@ -117,7 +123,7 @@ def run_demo(
         timings[f"train {name}"] = time.monotonic() - clock
 
     clock = time.monotonic()
-    maps = predict_methods(checkpoints, data, workers=workers, progress=progress)
+    maps = predict_methods(checkpoints, data, progress=progress)
     methods = {name: method_metrics(maps[name], data) for name in METHODS}
     timings["evaluate"] = time.monotonic() - clock
 
@@ -157,6 +163,9 @@ STUDY_SETTINGS = {
 STUDY_ROWS = (
     StudyRow("lvs", "no flow prior (Table 4 a)", "demo-lvs"),
     StudyRow("channel-maxpool", "channel prior, max-pool flow encoder (Table 5 a)", "demo-htf"),
+    StudyRow("late-fusion", "LVS map x (1 + flow magnitude), no training", method=LATE_FUSION),
+    StudyRow("flow-only", "flow magnitude alone, no training", method=FLOW_ONLY),
+    StudyRow("center", "centre box, no training", method=CENTER),
     StudyRow("channel-resnet18", "channel prior, ResNet-18 flow encoder (Table 4 d, 5 b)", "demo-htf",
              (("model.flow_encoder", "resnet18"),)),
     StudyRow("spatial-resnet18", "spatial prior (released code), ResNet-18 flow encoder", "demo-htf",
@@ -165,9 +174,6 @@ STUDY_ROWS = (
              (("model.prior", "spatial"), ("model.flow_encoder", "resnet18"), ("model.prior_gate", True))),
     StudyRow("channel-maxpool-gated", "channel prior, max-pool, with the gate", "demo-htf",
              (("model.prior_gate", True),)),
-    StudyRow("late-fusion", "LVS map x (1 + flow magnitude), no training", method=LATE_FUSION),
-    StudyRow("flow-only", "flow magnitude alone, no training", method=FLOW_ONLY),
-    StudyRow("center", "centre box, no training", method=CENTER),
 )
 
 
@@ -197,6 +203,7 @@ def run_study(
             f"unknown study row(s) {unknown} or setting(s) {bad_settings}; rows: "
             f"{', '.join(row.name for row in STUDY_ROWS)}; settings: {', '.join(STUDY_SETTINGS)}"
         )
+    torch.set_num_threads(TORCH_THREADS)
     size = SIZES["quick" if quick else "default"]
     out = Path(out_dir)
     for setting in settings or list(STUDY_SETTINGS):
@@ -217,7 +224,7 @@ def _study_seed(out: Path, setting: str, seed: int, rows: list[StudyRow], size: 
     missing = [row for row in rows if not result_path(row).is_file()]
     if not missing:
         return
-    lvs_config = _study_config(STUDY_ROWS[0], seed, size, workers)
+    lvs_config = _study_config(STUDY_ROWS[0], seed, size)
     data_dir = out / f"data-seed{seed}"
     data = make_data(data_dir, size.train_clips, size.test_clips, seed, lvs_config, workers=workers,
                      progress=progress, **STUDY_SETTINGS[setting])
@@ -225,25 +232,25 @@ def _study_seed(out: Path, setting: str, seed: int, rows: list[StudyRow], size: 
     for row in missing:
         clock = time.monotonic()
         if row.method is None:
-            config = _study_config(row, seed, size, workers)
+            config = _study_config(row, seed, size)
             run_dir = data_dir / "runs" / row.name
             checkpoint = run_dir / "last.pt"
             if not checkpoint.is_file():
                 train_model(config, data.train_dir, run_dir)
-            predictions = predict_model(_load(checkpoint), data, config, workers, progress)
+            predictions = predict_model(_load(checkpoint), data, config, progress)
         else:
             if not lvs_checkpoint.is_file():
                 train_model(lvs_config, data.train_dir, lvs_checkpoint.parent)
             model = {CENTER: lambda: _center(lvs_config), FLOW_ONLY: lambda: _flow_only(lvs_config),
                      LATE_FUSION: lambda: _fused(lvs_checkpoint)}[row.method]()
-            predictions = predict_model(model, data, lvs_config, workers, progress)
+            predictions = predict_model(model, data, lvs_config, progress)
         metrics = method_metrics(predictions, data)
         metrics["seconds"] = round(time.monotonic() - clock, 1)
         _write_text(result_path(row), json.dumps(metrics, indent=2) + "\n")
 
 
-def _study_config(row: StudyRow, seed: int, size: DemoSize, workers: int) -> Config:
-    fields = {"train.seed": seed, "train.epochs": size.epochs, "train.workers": workers, **dict(row.overrides)}
+def _study_config(row: StudyRow, seed: int, size: DemoSize) -> Config:
+    fields = {"train.seed": seed, "train.epochs": size.epochs, "train.workers": LOADER_WORKERS, **dict(row.overrides)}
     return preset_config(row.preset, **fields)
 
 
@@ -359,7 +366,7 @@ def train_model(config: Config, train_dir: Path, run_dir: Path) -> Path:
 
 
 def predict_methods(
-    checkpoints: dict[str, Path], data: DemoData, workers: int = 2, progress: bool = True
+    checkpoints: dict[str, Path], data: DemoData, progress: bool = True
 ) -> dict[str, Any]:
     """`hearflow.evaluate.Predictions` on the test set for every method of `METHODS`."""
     trained = {name: _load(path) for name, path in checkpoints.items()}
@@ -371,7 +378,7 @@ def predict_methods(
         LATE_FUSION: _fused(checkpoints[LVS]),
     }
     return {
-        name: predict_model(model, data, getattr(model, "config", config), workers, progress)
+        name: predict_model(model, data, getattr(model, "config", config), progress)
         for name, model in models.items()
     }
 
@@ -405,13 +412,13 @@ def _flow_only(config: Config) -> torch.nn.Module:
     return FlowMagnitude(_map_size(config))
 
 
-def predict_model(model: torch.nn.Module, data: DemoData, config: Config, workers: int = 2, progress: bool = True):
+def predict_model(model: torch.nn.Module, data: DemoData, config: Config, progress: bool = True):
     """The evaluation's `predict` over the test set, inputs made with ``config.data``."""
     from hearflow.data.dataset import PreparedDataset
     from hearflow.evaluate import predict
 
     dataset = PreparedDataset(data.test_dir, config, train=False, ids=list(data.test_clips))
-    return predict(model, dataset, batch_size=64, device=torch.device("cpu"), workers=min(workers, 2), progress=progress)
+    return predict(model, dataset, batch_size=64, device=torch.device("cpu"), workers=LOADER_WORKERS, progress=progress)
 
 
 def method_metrics(predictions, data: DemoData) -> dict[str, Any]:
