@@ -124,7 +124,10 @@ class SynthSettings:
         if not math.isfinite(self.snr_db):
             problems.append("snr_db must be finite")
         room = self.width // 2 if self.layout == "halves" else self.width
-        if not 0 < self.object_scale or _object_size(self, 1.0, 1.0)[0] > room or _object_size(self, 1.0, 1.0)[1] > self.height:
+        largest = _object_size(self, 1.0, 1.0)
+        if self.object_scale <= 0:
+            problems.append(f"object_scale must be positive, got {self.object_scale}")
+        elif largest[0] > room or largest[1] > self.height:
             problems.append(f"object_scale {self.object_scale} makes objects larger than their {self.layout} region")
         if problems:
             raise HearflowError("synthetic settings: " + "; ".join(problems))

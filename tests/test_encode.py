@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hearflow.errors import HearflowError
-from hearflow.media.encode import VideoWriter, aac_sample_rate, write_video
+from hearflow.media.encode import VideoWriter, aac_sample_rate, mux_audio, write_video
 
 
 def _frames(n, height=64, width=96, seed=0):
@@ -157,3 +157,80 @@ def test_colour_is_tagged_as_the_bt601_conversion_it_uses(tmp_path):
         assert (context.color_range, context.colorspace, context.color_primaries, context.color_trc) == (1, 6, 6, 6)
         frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
     assert np.abs(frame.astype(int) - next(_frames(1)).astype(int)).mean() < 6
+
+
+def _click_track(seconds, rate, click_s, channels):
+    """Quiet noise with one loud 10 ms click at `click_s`, float32 n x channels."""
+    track = 0.01 * np.random.default_rng(2).standard_normal((int(seconds * rate), channels))
+    start = int(click_s * rate)
+    track[start : start + rate // 100] = 0.8
+    return track.astype(np.float32)
+
+
+def _click_time(audio, rate):
+    return np.argmax(np.abs(audio).max(axis=0)) / rate
+
+
+def _timed_audio(path):
+    """(float32 channels x n, rate, time of the first sample in seconds) of the first audio track."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        frames = list(container.decode(stream))
+    return np.concatenate([f.to_ndarray() for f in frames], axis=1), stream.rate, float(frames[0].time)
+
+
+def _wav(path, track, rate):
+    """A PCM WAV file (a source whose track must be re-encoded)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate)
+        stream.layout = "stereo" if track.shape[1] == 2 else "mono"
+        pcm = np.ascontiguousarray((track * 32767).astype(np.int16).reshape(1, -1))
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=stream.layout)
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("source_kind", ["aac", "pcm"])
+@pytest.mark.parametrize("start_s", [0.5, -0.3])
+def test_mux_audio_puts_the_source_track_beside_the_video_in_step(tmp_path, source_kind, start_s):
+    """The localize stage writes a silent overlay, then muxes the original audio from its first frame's time."""
+    track = _click_track(2.4, 44100, 1.2, 2)
+    if source_kind == "aac":
+        source = write_video(tmp_path / "source.mp4", _frames(60), 25, audio=track, sample_rate=44100)
+    else:
+        source = _wav(tmp_path / "source.wav", track, 44100)
+    silent = write_video(tmp_path / "overlay.mp4", _frames(40, seed=5), 25)  # 1.6 s
+    out = mux_audio(silent, source, tmp_path / "muxed.mp4", start_s=start_s)
+
+    frames, fps, _, _ = _read(out)
+    silent_frames, _, _, _ = _read(silent)
+    assert fps == 25 and len(frames) == 40
+    assert all(np.array_equal(a, b) for a, b in zip(frames, silent_frames))  # video copied, not re-encoded
+    audio, rate, first_s = _timed_audio(out)
+    assert rate == 44100 and audio.shape[0] == 2
+    # the source's 0 s lands at -start_s: a copied track starts there, a re-encoded one is
+    # padded with silence from 0 s; both end at the video's end (to within a packet)
+    assert first_s == pytest.approx(max(-start_s, 0) if source_kind == "aac" else 0, abs=0.03)
+    assert first_s + audio.shape[1] / rate == pytest.approx(1.6, abs=0.05)
+    assert first_s + _click_time(audio, rate) == pytest.approx(1.2 - start_s, abs=0.03)
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_mux_audio_copies_an_aac_track_as_it_is(tmp_path):
+    source = write_video(tmp_path / "source.mp4", _frames(50), 25, audio=_click_track(2.0, 16000, 0.6, 1), sample_rate=16000)
+    silent = write_video(tmp_path / "overlay.mp4", _frames(50, seed=5), 25)
+    out = mux_audio(silent, source, tmp_path / "muxed.mp4")
+    assert np.array_equal(_timed_audio(out)[0], _timed_audio(source)[0])
+
+
+def test_mux_audio_reports_a_source_without_audio(tmp_path):
+    silent = write_video(tmp_path / "silent.mp4", _frames(5), 25)
+    with pytest.raises(HearflowError, match="silent.mp4 has no audio track"):
+        mux_audio(silent, silent, tmp_path / "out.mp4")
+    with pytest.raises(HearflowError, match="missing.mp4"):
+        mux_audio(silent, tmp_path / "missing.mp4", tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()

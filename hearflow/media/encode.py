@@ -2,8 +2,9 @@
 
 Frames are streamed one at a time into `VideoWriter` (or `write_video`, which wraps
 it), so a video of any length is written in constant memory. Audio, when given,
-is a whole array muxed beside the frames as they arrive. The file appears under
-its final name only once it is complete (temporary name + `os.replace`).
+is a whole array muxed beside the frames as they arrive; `mux_audio` instead puts
+another file's audio track beside an already written video, streaming both. A file
+appears under its final name only once it is complete (temporary name + `os.replace`).
 """
 
 from __future__ import annotations
@@ -70,11 +71,10 @@ class VideoWriter:
         self.size: tuple[int, int] | None = None  # encoded (width, height), known after the first frame
         self.frames_written = 0
         self._frame_shape: tuple[int, ...] | None = None
-        self._audio_written = 0
-        self._tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._tmp_path = _temporary_path(self.path)
         self._container = None
         self._video = None
-        self._audio_stream = None
+        self._audio_track: _AacTrack | None = None
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -107,20 +107,21 @@ class VideoWriter:
         yuv = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2YUV_I420)
         video_frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         video_frame.pts = self.frames_written
-        self._mux(self._video.encode(video_frame))
+        _mux(self._container, self._video.encode(video_frame))
         self.frames_written += 1
-        if self.audio is not None:
-            self._write_audio_until(math.ceil(self.frames_written / self.fps * self.sample_rate))
+        if self._audio_track is not None:  # keep the audio level with the video, for interleaving
+            level = math.ceil(self.frames_written / self.fps * self.sample_rate)
+            self._audio_track.add(self.audio[self._audio_track.samples : level])
 
     def close(self) -> None:
         """Flush the encoders, finish the file and move it to `path`."""
         if self._container is None:
             raise HearflowError(f"{self.path}: no frames were written")
         try:
-            self._mux(self._video.encode(None))
-            if self.audio is not None:
-                self._write_audio_until(len(self.audio))
-                self._mux(self._audio_stream.encode(None))
+            _mux(self._container, self._video.encode(None))
+            if self._audio_track is not None:
+                self._audio_track.add(self.audio[self._audio_track.samples :])
+                self._audio_track.finish()
             self._container.close()
             self._container = None
             os.replace(self._tmp_path, self.path)
@@ -158,34 +159,11 @@ class VideoWriter:
             context.color_range, context.colorspace = 1, 6  # MPEG range, SMPTE 170M matrix
             context.color_primaries, context.color_trc = 6, 6  # SMPTE 170M
             if self.audio is not None:
-                self._audio_stream = self._container.add_stream(
-                    "aac", rate=self.sample_rate, options={"aac_coder": "fast"}
-                )
-                self._audio_stream.layout = AUDIO_LAYOUTS[self.audio.shape[1]]
+                self._audio_track = _AacTrack(self._container, self.sample_rate, self.audio.shape[1])
         except (av.FFmpegError, OSError) as error:
             self.abort()
             raise HearflowError(f"cannot write video {self.path}: {error}") from error
 
-    def _write_audio_until(self, end: int) -> None:
-        """Encode whole AAC frames of audio up to sample `end` (the last frame may be short)."""
-        end = min(end, len(self.audio))
-        while self._audio_written < end:
-            start = self._audio_written
-            stop = min(start + AAC_FRAME_SAMPLES, len(self.audio))
-            if stop - start < AAC_FRAME_SAMPLES and stop < len(self.audio):
-                break
-            planar = np.ascontiguousarray(self.audio[start:stop].T)
-            frame = av.AudioFrame.from_ndarray(
-                planar, format="fltp", layout=AUDIO_LAYOUTS[self.audio.shape[1]]
-            )
-            frame.sample_rate = self.sample_rate
-            frame.pts = start
-            self._mux(self._audio_stream.encode(frame))
-            self._audio_written = stop
-
-    def _mux(self, packets) -> None:
-        for packet in packets:
-            self._container.mux(packet)
 
 
 def write_video(
@@ -207,6 +185,165 @@ def write_video(
         for frame in frames:
             writer.write(frame)
     return Path(path)
+
+
+def mux_audio(video_path: str | Path, audio_source: str | Path, out_path: str | Path, start_s: float = 0.0) -> Path:
+    """Write `out_path` (MP4): the video stream of `video_path` as it is (not re-encoded)
+    beside the first audio track of `audio_source` from its time `start_s` (seconds) on,
+    cut at the video's end, so that sound and picture stay in step.
+
+    An AAC track is copied packet for packet (to within one 1024-sample packet of
+    `start_s`); any other is re-encoded as AAC at its rate (rounded up to one AAC
+    takes), mono or stereo (more channels are mixed down), with silence where it starts
+    after `start_s`.
+    """
+    video_path, audio_source, out_path = Path(video_path), Path(audio_source), Path(out_path)
+    temporary = _temporary_path(out_path)
+    try:
+        with av.open(str(video_path)) as video_in, av.open(str(audio_source)) as audio_in:
+            if not video_in.streams.video:
+                raise HearflowError(f"{video_path} has no video stream")
+            if not audio_in.streams.audio:
+                raise HearflowError(f"{audio_source} has no audio track")
+            video_stream, audio_stream = video_in.streams.video[0], audio_in.streams.audio[0]
+            end_s = _duration_s(video_stream, video_in)
+            with av.open(
+                str(temporary), "w", format="mp4", container_options={"movflags": "+faststart"}
+            ) as output:
+                video_out = output.add_stream_from_template(video_stream)
+                if audio_stream.codec_context.name == "aac":
+                    audio_out = output.add_stream_from_template(audio_stream)
+                    audio = _copied_audio(audio_in, audio_stream, audio_out, output, start_s, end_s)
+                else:
+                    rate, channels = aac_sample_rate(audio_stream.rate), min(audio_stream.channels, 2)
+                    track = _AacTrack(output, rate, channels)
+                    audio = _encoded_audio(audio_in, audio_stream, track, start_s, end_s)
+                reached_s = 0.0
+                for packet in video_in.demux(video_stream):
+                    if packet.dts is None:
+                        continue
+                    while reached_s < float(packet.dts * packet.time_base) + 0.5:  # interleave, 0.5 s ahead
+                        reached_s = next(audio, math.inf)
+                    packet.stream = video_out
+                    output.mux(packet)
+                for _ in audio:  # the rest, up to the video's end
+                    pass
+        os.replace(temporary, out_path)
+    except av.FFmpegError as error:
+        raise HearflowError(f"cannot put the audio of {audio_source} beside {video_path}: {error}") from error
+    finally:
+        temporary.unlink(missing_ok=True)
+    return out_path
+
+
+def _copied_audio(container, stream, stream_out, output, start_s: float, end_s: float):
+    """Mux the packets of `stream` from `start_s` to `start_s + end_s`, shifted to start at 0;
+    yields the output time (seconds) reached after each."""
+    offset = round(start_s / stream.time_base)
+    end = offset + round(end_s / stream.time_base)
+    for packet in container.demux(stream):
+        if packet.dts is None or packet.pts is None:
+            continue
+        if packet.pts + (packet.duration or 0) < offset:  # ends before the start (an encoder-delay packet ending at 0 stays)
+            continue
+        if packet.pts >= end:
+            break
+        packet.pts -= offset
+        packet.dts -= offset
+        packet.stream = stream_out
+        output.mux(packet)
+        yield float(packet.pts * stream.time_base)
+
+
+def _encoded_audio(container, stream, track: "_AacTrack", start_s: float, end_s: float):
+    """Encode `stream` from `start_s` into `track` until `end_s` seconds of output;
+    yields the output time (seconds) reached after each chunk."""
+    total = round(end_s * track.sample_rate)
+    for chunk in _audio_chunks(container, stream, track.sample_rate, track.channels, start_s):
+        track.add(chunk[: total - track.samples])
+        yield track.samples / track.sample_rate
+        if track.samples >= total:
+            break
+    track.finish()
+
+
+class _AacTrack:
+    """An AAC stream of an output container fed with float32 n x channels arrays; encodes
+    whole 1024-sample frames as samples arrive and the short remainder at `finish`."""
+
+    def __init__(self, container, sample_rate: int, channels: int) -> None:
+        self.container = container
+        self.channels = channels
+        self.layout = AUDIO_LAYOUTS[channels]
+        self.sample_rate = sample_rate
+        self.stream = container.add_stream("aac", rate=sample_rate, options={"aac_coder": "fast"})
+        self.stream.layout = self.layout
+        self.samples = 0  # samples handed to add() so far
+        self._pending = np.zeros((0, channels), dtype=np.float32)
+        self._encoded = 0
+
+    def add(self, samples: np.ndarray) -> None:
+        self.samples += len(samples)
+        self._pending = np.concatenate([self._pending, samples]) if len(self._pending) else samples
+        whole = len(self._pending) - len(self._pending) % AAC_FRAME_SAMPLES
+        for start in range(0, whole, AAC_FRAME_SAMPLES):
+            self._encode(self._pending[start : start + AAC_FRAME_SAMPLES])
+        self._pending = self._pending[whole:]
+
+    def finish(self) -> None:
+        if len(self._pending):
+            self._encode(self._pending)
+        _mux(self.container, self.stream.encode(None))
+
+    def _encode(self, samples: np.ndarray) -> None:
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples.T, dtype=np.float32), format="fltp", layout=self.layout
+        )
+        frame.sample_rate = self.sample_rate
+        frame.pts = self._encoded
+        self._encoded += len(samples)
+        _mux(self.container, self.stream.encode(frame))
+
+
+def _audio_chunks(container, stream, rate: int, channels: int, start_s: float):
+    """Float32 n x channels arrays of `stream` at `rate` Hz, from time `start_s` on
+    (silence first where the stream starts later)."""
+    resampler = av.AudioResampler(format="flt", layout=AUDIO_LAYOUTS[channels], rate=rate)
+    to_skip = None
+    for frame in container.decode(stream):
+        if to_skip is None:
+            first_s = float(frame.time) if frame.time is not None else 0.0
+            to_skip = round((start_s - first_s) * rate)
+            if to_skip < 0:
+                yield np.zeros((-to_skip, channels), dtype=np.float32)
+                to_skip = 0
+        for resampled in resampler.resample(frame):
+            samples = resampled.to_ndarray().reshape(-1, channels)
+            if to_skip:
+                dropped = min(to_skip, len(samples))
+                samples, to_skip = samples[dropped:], to_skip - dropped
+            if len(samples):
+                yield samples
+    for resampled in resampler.resample(None):
+        samples = resampled.to_ndarray().reshape(-1, channels)[to_skip or 0 :]
+        to_skip = 0
+        if len(samples):
+            yield samples
+
+
+def _duration_s(stream, container) -> float:
+    if stream.duration is not None:
+        return float(stream.duration * stream.time_base)
+    return container.duration / av.time_base
+
+
+def _mux(container, packets) -> None:
+    for packet in packets:
+        container.mux(packet)
+
+
+def _temporary_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
 def _frame_rate(fps: float | Fraction, path: Path) -> Fraction:
