@@ -21,7 +21,7 @@ Outputs of `synthesize(out_dir, clips, seed)`:
 The key frame is the middle frame, ``n_frames // 2``, which `hearflow prepare`
 picks. Every random choice of clip k comes from the seed sequence (seed, k), so a
 clip is the same whatever the number of clips, and the same seed gives identical
-annotations and identical decoded frames (x264 runs with one thread).
+annotations and identical files (x264 runs single-threaded, without lookahead).
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ HUES = (
 SOUNDS = ("tone", "noise", "bursts")
 MAX_CLASSES = len(SHAPES) * len(HUES) * len(TEXTURES)
 LAYOUTS = ("halves", "free")
-NO_SOURCE_KINDS = ("offscreen", "silence")
 
 # Object size as a share of the frame (the prototype's 50-64 x 84-112 px at 128 x 128):
 # large boxes, because the protocol's median threshold predicts half the image.

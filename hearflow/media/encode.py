@@ -165,7 +165,6 @@ class VideoWriter:
             raise HearflowError(f"cannot write video {self.path}: {error}") from error
 
 
-
 def write_video(
     path: str | Path,
     frames: Iterable[np.ndarray],
@@ -215,7 +214,7 @@ def mux_audio(video_path: str | Path, audio_source: str | Path, out_path: str | 
                     audio_out = output.add_stream_from_template(audio_stream)
                     audio = _copied_audio(audio_in, audio_stream, audio_out, output, start_s, end_s)
                 else:
-                    rate, channels = aac_sample_rate(audio_stream.rate), min(audio_stream.channels, 2)
+                    rate, channels = aac_sample_rate(audio_stream.rate), min(max(audio_stream.channels, 1), 2)
                     track = _AacTrack(output, rate, channels)
                     audio = _encoded_audio(audio_in, audio_stream, track, start_s, end_s)
                 reached_s = 0.0
@@ -244,8 +243,8 @@ def _copied_audio(container, stream, stream_out, output, start_s: float, end_s: 
     for packet in container.demux(stream):
         if packet.dts is None or packet.pts is None:
             continue
-        if packet.pts + (packet.duration or 0) < offset:  # ends before the start (an encoder-delay packet ending at 0 stays)
-            continue
+        if packet.pts + (packet.duration or 0) < offset:  # ends before the start; the encoder-delay
+            continue  # packet that ends exactly at 0 stays, as decoders expect it
         if packet.pts >= end:
             break
         packet.pts -= offset
