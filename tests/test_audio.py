@@ -96,3 +96,15 @@ def test_no_audio_stream_is_an_error(tmp_path):
     path = write_video(tmp_path / "silent.mp4", 10, 10, (64, 48))
     with pytest.raises(HearflowError, match="no audio stream"):
         read_audio_window(path, 0.5, 3.0, RATE)
+
+
+def test_a_window_from_a_path_reads_only_the_packets_around_it(tmp_path, monkeypatch):
+    from hearflow.media import audio as audio_module
+
+    path = write_video(tmp_path / "long.mp4", 120, 1, (64, 48), audio=click_track(120.0, 16000, 60.2, 1), sample_rate=16000)
+    read = []
+    demux = audio_module._demux_audio
+    monkeypatch.setattr(audio_module, "_demux_audio", lambda *args: read.append(demux(*args)) or read[-1])
+    window = read_audio_window(path, 60.0, 3.0, RATE)
+    assert click_position(window) == pytest.approx(1.7, abs=0.001)
+    assert len(read) == 1 and len(read[0]) < 100  # of ~1,900 AAC packets in the track

@@ -56,10 +56,11 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
 def read_audio_window(source: str | Path | VideoFile, center_s: float, seconds: float, sample_rate: int) -> np.ndarray:
     """Mono float32 (round(seconds * sample_rate),): `seconds` of audio centred on `center_s`.
 
-    `source` is a path or an open `VideoFile` (whose audio packets are already in
-    memory). Only the packets around the window are decoded; see the module
-    docstring for the window rule at the ends of the track. Raises HearflowError
-    when there is no audio stream or no decodable audio.
+    `source` is an open `VideoFile` (whose audio packets are already in memory) or a
+    path (then one seek to the window, from the track length the container
+    declares, and only the packets around it are read). Only the packets around the
+    window are decoded; see the module docstring for the window rule at the ends of
+    the track. Raises HearflowError when there is no audio stream or no decodable audio.
     """
     if isinstance(source, VideoFile) and source.audio_packets is not None:
         return _window(source.audio_packets, source.audio_stream, source.info.start_s, center_s, seconds,
@@ -67,7 +68,21 @@ def read_audio_window(source: str | Path | VideoFile, center_s: float, seconds: 
     path = source.path if isinstance(source, VideoFile) else source
     with _open(path) as container:
         stream = _audio_stream(container, path)
-        return _window(_demux_audio(container, stream), stream, _start_s(container), center_s, seconds, sample_rate, path)
+        start_s = _start_s(container)
+        extent = _declared_extent(container, stream, start_s)
+        if extent is not None and extent[1] - extent[0] >= seconds:
+            window_start = min(max(center_s - seconds / 2, extent[0]), extent[1] - seconds)
+            low, high = _ticks_around(window_start, seconds, start_s, stream)
+            try:
+                container.seek(max(int(low), 0), stream=stream, backward=True)
+                packets = _demux_audio(container, stream, low, high)
+            except av.FFmpegError:
+                packets = []
+            window = _window_from(packets, stream, start_s, window_start, seconds, sample_rate, path)
+            if window is not None:
+                return window
+            container.seek(0)  # the declared length or the seek was wrong: read the whole track
+        return _window(_demux_audio(container, stream), stream, start_s, center_s, seconds, sample_rate, path)
 
 
 _FULL_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63, "flt": 1.0, "dbl": 1.0}
@@ -101,12 +116,35 @@ def _start_s(container) -> float:
     return container.start_time / av.time_base if container.start_time is not None else 0.0
 
 
-def _demux_audio(container, stream) -> list:
-    """Every audio packet (compressed, so small), up to where a damaged file breaks."""
+def _declared_extent(container, stream, start_s: float) -> tuple[float, float] | None:
+    """(start, end) of the audio track in seconds as the container declares them, if it does."""
+    track_start = float(stream.start_time * stream.time_base) - start_s if stream.start_time is not None else 0.0
+    if stream.duration:
+        return track_start, track_start + float(stream.duration * stream.time_base)
+    if container.duration:
+        return track_start, container.duration / av.time_base
+    return None
+
+
+def _ticks_around(window_start: float, seconds: float, start_s: float, stream) -> tuple[float, float]:
+    """The window with its pre-roll and margins, in the stream's timestamp units."""
+    ticks = 1.0 / float(stream.time_base)
+    return (window_start - MARGIN_S - PREROLL_S + start_s) * ticks, (window_start + seconds + MARGIN_S + start_s) * ticks
+
+
+def _demux_audio(container, stream, low: float | None = None, high: float | None = None) -> list:
+    """The audio packets (compressed, so small) overlapping ``[low, high]`` ticks (default: all).
+
+    Stops after `high` and where a damaged file breaks.
+    """
     packets = []
     try:
         for packet in container.demux(stream):
-            if packet.size:
+            if not packet.size:
+                continue
+            if packet.pts is not None and high is not None and packet.pts > high:
+                break
+            if packet.pts is None or low is None or packet.pts + (packet.duration or 0) >= low:
                 packets.append(packet)
     except (av.FFmpegError, EOFError):
         pass
@@ -114,26 +152,21 @@ def _demux_audio(container, stream) -> list:
 
 
 def _window(packets, stream, start_s, center_s, seconds, sample_rate, path) -> np.ndarray:
+    """The window from all of a track's packets (their timestamps give the track's extent)."""
     length = int(round(seconds * sample_rate))
     if not packets:
         raise HearflowError(f"{path}: the audio stream has no packets")
-    time_base = stream.time_base
-    extent = None
-    if all(p.pts is not None for p in (packets[0], packets[-1])):
-        extent = (float(packets[0].pts * time_base) - start_s,
-                  float((packets[-1].pts + (packets[-1].duration or 0)) * time_base) - start_s)
-    if extent is not None and extent[1] - extent[0] >= seconds:
-        window_start = min(max(center_s - seconds / 2, extent[0]), extent[1] - seconds)
-        # the packets overlapping the window with its pre-roll and margins, compared in stream ticks
-        ticks = 1.0 / float(time_base)
-        low = (window_start - MARGIN_S - PREROLL_S + start_s) * ticks
-        high = (window_start + seconds + MARGIN_S + start_s) * ticks
-        selected = [p for p in packets if p.pts is None or (p.pts + (p.duration or 0) >= low and p.pts <= high)]
-        samples, t0, rate = _decode(selected, stream, start_s, path)
-        if t0 is not None and len(samples) >= seconds * rate:
-            # the decoded span is the truth (priming and padding are trimmed by the decoder)
-            window_start = min(max(window_start, t0), t0 + len(samples) / rate - seconds)
-            return _cut(samples, t0, rate, window_start, length, sample_rate)
+    if packets[0].pts is not None and packets[-1].pts is not None:
+        time_base = stream.time_base
+        first, last = packets[0], packets[-1]
+        extent = (float(first.pts * time_base) - start_s, float((last.pts + (last.duration or 0)) * time_base) - start_s)
+        if extent[1] - extent[0] >= seconds:
+            window_start = min(max(center_s - seconds / 2, extent[0]), extent[1] - seconds)
+            low, high = _ticks_around(window_start, seconds, start_s, stream)
+            selected = [p for p in packets if p.pts is None or (p.pts + (p.duration or 0) >= low and p.pts <= high)]
+            window = _window_from(selected, stream, start_s, window_start, seconds, sample_rate, path)
+            if window is not None:
+                return window
     samples, t0, rate = _decode(packets, stream, start_s, path)
     if len(samples) == 0:
         raise HearflowError(f"{path}: the audio stream has no decodable samples")
@@ -144,6 +177,21 @@ def _window(packets, stream, start_s, center_s, seconds, sample_rate, path) -> n
         return np.tile(whole, -(-length // len(whole)))[:length]
     window_start = min(max(center_s - seconds / 2, track_start), track_start + track_seconds - seconds)
     return _cut(samples, track_start, rate, window_start, length, sample_rate)
+
+
+def _window_from(packets, stream, start_s, window_start, seconds, sample_rate, path) -> np.ndarray | None:
+    """The window decoded from the packets around it, or None when they do not cover it.
+
+    The decoded span is the truth (decoders trim priming and padding), so the window
+    is shifted inside it where it pokes out.
+    """
+    if not packets:
+        return None
+    samples, t0, rate = _decode(packets, stream, start_s, path)
+    if t0 is None or len(samples) < seconds * rate:
+        return None
+    window_start = min(max(window_start, t0), t0 + len(samples) / rate - seconds)
+    return _cut(samples, t0, rate, window_start, int(round(seconds * sample_rate)), sample_rate)
 
 
 def _decode(packets, stream, start_s, path):
