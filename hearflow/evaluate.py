@@ -31,7 +31,7 @@ from tqdm import tqdm
 from hearflow import distributed
 from hearflow.config import Config
 from hearflow.data.annotations import Annotations, load_annotations
-from hearflow.data.dataset import PreparedDataset, worker_init
+from hearflow.data.dataset import PreparedDataset
 from hearflow.data.prepared import PreparedFolder, write_atomic
 from hearflow.errors import HearflowError
 from hearflow.metrics import MAP_SIZE, ap_max_f1, ciou, summarize, upsample_maps
@@ -95,7 +95,6 @@ def predict(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        worker_init_fn=worker_init if workers else None,
         pin_memory=device.type == "cuda",
     )
     ids, maps = [], []

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from hearflow import distributed
 from hearflow.checkpoint import load_checkpoint, load_state, save_checkpoint
 from hearflow.config import Config, ObjectiveConfig, apply_overrides, preset_config
-from hearflow.data.dataset import PreparedDataset, worker_init
+from hearflow.data.dataset import PreparedDataset
 from hearflow.errors import HearflowError
 from hearflow.evaluate import ValidationSet, write_text
 from hearflow.model import HTF, build_model
@@ -325,7 +325,6 @@ class _Run:
             batch_size=self.local_batch,
             sampler=self.sampler,
             num_workers=workers,
-            worker_init_fn=worker_init if workers else None,
             pin_memory=self.context.device.type == "cuda",
             drop_last=True,
         )

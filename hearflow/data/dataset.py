@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -115,8 +114,3 @@ def fit_audio(audio: np.ndarray, sample_rate: int, data_config) -> np.ndarray:
     start = (len(audio) - length) // 2
     return np.asarray(audio[start : start + length], dtype=np.float32)
 
-
-def worker_init(worker_id: int) -> None:
-    """Loader workers run one thread each: the parallelism is the number of workers."""
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
