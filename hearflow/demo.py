@@ -66,7 +66,7 @@ class DemoSize:
 
 SIZES = {
     "default": DemoSize(train_clips=1200, test_clips=300, epochs=8),
-    "quick": DemoSize(train_clips=320, test_clips=100, epochs=10),
+    "quick": DemoSize(train_clips=320, test_clips=100, epochs=20),
 }
 # The demo's models are tiny: one torch thread per process, and data loaded in the
 # training process, beat two threads plus loader workers on a 2-core machine (about
@@ -340,7 +340,8 @@ def make_data(
     folders = {}
     for part, clips, synth_seed in (("train", train_clips, 2 * seed + 1), ("test", test_clips, 2 * seed + 2)):
         synth_dir, prepared_dir = out / "synth" / part, out / "prepared" / part
-        synthesize(synth_dir, clips, synth_seed, workers=workers, progress=progress, **synth_knobs)
+        if not _synthesized(synth_dir, clips, synth_seed, synth_knobs):
+            synthesize(synth_dir, clips, synth_seed, workers=workers, progress=progress, **synth_knobs)
         prepare(synth_dir / "videos", prepared_dir, config.data, workers=workers, progress=progress)
         folders[part] = (synth_dir, prepared_dir)
     test_synth = folders["test"][0]
@@ -352,6 +353,20 @@ def make_data(
         test_clips={record["id"]: record for record in records},
         train_count=train_clips,
     )
+
+
+def _synthesized(synth_dir: Path, clips: int, seed: int, knobs: dict[str, Any]) -> bool:
+    """Whether ``synth_dir`` already holds exactly this synthetic set (a rerun then skips it)."""
+    import dataclasses
+
+    from hearflow.synth import SynthSettings
+
+    try:
+        made = json.loads((synth_dir / "synth.json").read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = {"seed": seed, "clips": clips, "settings": dataclasses.asdict(SynthSettings(**knobs))}
+    return made == wanted and (synth_dir / "clips.json").is_file()
 
 
 def train_model(config: Config, train_dir: Path, run_dir: Path) -> Path:
@@ -643,6 +658,10 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    from hearflow.evaluate import write_atomic
+    from hearflow.data.prepared import write_atomic
 
-    write_atomic(path, data)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    except OSError as error:
+        raise HearflowError(f"cannot write {path}: {error}") from error
