@@ -235,14 +235,11 @@ class _Run:
         _seed_everything(self.config.train.seed)
 
         device = context.device
-        self.train_set = PreparedDataset(
-            train_dir, self.config, train=True, ids=None if train_ids is None else read_ids(train_ids), skip_missing=skip_missing
-        )
+        ids = None if train_ids is None else read_ids(train_ids)
+        self.train_set = PreparedDataset(train_dir, self.config, train=True, ids=ids, skip_missing=skip_missing)
         self.validation = None
         if val_dir is not None:
-            self.validation = ValidationSet(
-                val_dir, val_annotations, self.config, skip_missing=skip_missing
-            )
+            self.validation = ValidationSet(val_dir, val_annotations, self.config, skip_missing=skip_missing)
         self.global_batch, self.local_batch = _batch_sizes(
             self.config.train.batch_size, len(self.train_set), context.world_size
         )

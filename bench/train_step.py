@@ -1,0 +1,153 @@
+"""Training throughput: hearflow's loop, data loading included, against the model step alone.
+
+The claim (issue 4): with 2 loader workers, `hearflow train` on a prepared folder keeps
+at least 0.9x the samples/s of the bare training step on tensors already in memory,
+for the ``htf`` preset at batch 32 on CPU, i.e. the input pipeline (JPEG decode,
+flow .npy, WAV, resizes, random crop/flip, spectrogram) hides behind the model.
+
+In one run, on the same machine and the same prepared samples:
+
+- model step alone: one batch of 32 samples made once by the training transforms,
+  kept in memory; the step that `hearflow train` runs (`training_features` +
+  `global_batch_loss`, backward, Adam), 1 warm-up step then ``--steps`` timed steps;
+- hearflow's loop: `hearflow.train.train` for one epoch of ``--steps`` batches read from
+  the prepared folder by ``--workers`` loader processes; its rate is taken from the
+  TensorBoard step times (step 1 to the last, so worker start-up and the first step's
+  warm-up are excluded, as for the model step) and, for information, over the whole epoch;
+- for information, the loader alone: the same DataLoader (``--workers`` processes, the
+  training transforms) with no model running, i.e. how much faster than the model the
+  input pipeline can go.
+
+The model-only measurement runs before and after the loop; the ratio uses their mean,
+so a change of load from other jobs on a shared machine shows up as their spread.
+
+    python3 bench/train_step.py                  # htf, batch 32, 4 steps, 2 workers
+    python3 bench/train_step.py --data DIR       # reuse (or keep) the prepared clips in DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from hearflow.config import preset_config
+from hearflow.data.dataset import PreparedDataset
+from hearflow.distributed import Distributed
+from hearflow.model import build_model
+from hearflow.prepare import prepare
+from hearflow.synth import synthesize
+from hearflow.train import global_batch_loss, train, training_features
+
+CLIPS = 64  # distinct prepared clips; the epoch cycles through them
+CLIP_SIZE = (456, 256)  # a typical VGG-Sound frame at prepare's 256-pixel working size
+
+
+def prepared_folder(root: Path, workers: int) -> Path:
+    """Synthetic clips at a real-data frame size, prepared with the htf recipe (made once)."""
+    folder = root / "prepared"
+    if not (folder / "manifest.csv").exists():
+        synthesize(root / "synth", clips=CLIPS, seed=0, workers=workers, progress=False,
+                   seconds=3.0, width=CLIP_SIZE[0], height=CLIP_SIZE[1])
+        prepare(root / "synth" / "videos", folder, preset_config("htf").data, workers=workers, progress=False)
+    return folder
+
+
+def model_step_rate(config, batch: dict, steps: int) -> float:
+    """Samples/s of the bare training step on one in-memory batch (after 1 warm-up step)."""
+    torch.manual_seed(0)
+    model = build_model(config=config).train()
+    features = training_features(model, Distributed())
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.train.lr)
+
+    def step():
+        loss = global_batch_loss(features, batch["image"], batch["flow"], batch["spectrogram"], config.objective)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * len(batch["image"]) / (time.perf_counter() - start)
+
+
+def loader_rate(dataset: PreparedDataset, batch_size: int, workers: int, batches: int) -> float:
+    """Samples/s of the training DataLoader alone (after its first batch)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    iterator = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def loop_rates(config, folder: Path, ids_file: Path, run_dir: Path) -> tuple[float, float]:
+    """(steady samples/s from TensorBoard step times, whole-epoch samples/s) of `train`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    train(config, folder, run_dir, train_ids=ids_file, pretrained=False)
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    times = [event.wall_time for event in events.Scalars("train/loss")]
+    steady = (len(times) - 1) * config.train.batch_size / (times[-1] - times[0])
+    with open(run_dir / "metrics.csv", newline="") as file:
+        (row,) = list(csv.DictReader(file))
+    return steady, float(row["samples_per_s"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="htf")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
+    parser.add_argument("--workers", type=int, default=2, help="loader workers of hearflow's loop")
+    parser.add_argument("--data", type=Path, help="folder for the prepared clips (kept); default: a temporary one")
+    args = parser.parse_args()
+
+    root = args.data or Path(tempfile.mkdtemp(prefix="bench_train_step_"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        folder = prepared_folder(root, args.workers)
+        config = preset_config(args.preset, **{
+            "train.batch_size": args.batch, "train.epochs": 1, "train.workers": args.workers,
+        })
+        dataset = PreparedDataset(folder, config, train=True)
+        needed = args.batch * (args.steps + 1)
+        ids = [dataset.ids[i % len(dataset.ids)] for i in range(needed)]
+        ids_file = root / "ids.txt"
+        ids_file.write_text("".join(f"{sample_id}\n" for sample_id in ids))
+        loader_only = loader_rate(PreparedDataset(folder, config, train=True, ids=ids), args.batch, args.workers,
+                                  args.steps)
+        items = [dataset[i % len(dataset)] for i in range(args.batch)]
+        batch = {key: torch.stack([item[key] for item in items]) for key in ("image", "flow", "spectrogram")}
+
+        print(f"{args.preset}, batch {args.batch}, {args.steps} timed steps, torch threads "
+              f"{torch.get_num_threads()}, {args.workers} loader workers", file=sys.stderr)
+        before = model_step_rate(config, batch, args.steps)
+        steady, epoch = loop_rates(config, folder, ids_file, root / "run")
+        after = model_step_rate(config, batch, args.steps)
+    finally:
+        if args.data is None:
+            shutil.rmtree(root, ignore_errors=True)
+    model_only = statistics.mean([before, after])
+    print(f"model step alone (in-memory batch): {model_only:7.2f} samples/s  (before {before:.2f}, after {after:.2f})")
+    print(f"hearflow loop, steady state       : {steady:7.2f} samples/s  ratio {steady / model_only:.2f}x")
+    print(f"hearflow loop, whole epoch        : {epoch:7.2f} samples/s  ratio {epoch / model_only:.2f}x")
+    print(f"loader alone ({args.workers} workers, no model)  : {loader_only:7.2f} samples/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
