@@ -293,6 +293,12 @@ def preset_config(name: str, **overrides: Any) -> Config:
         raise HearflowError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     config = Config(preset=name)
     apply_overrides(config, copy.deepcopy(PRESETS[name]))
+    return with_overrides(config, **overrides)
+
+
+def with_overrides(config: Config, **overrides: Any) -> Config:
+    """A validated copy of ``config`` with dotted or bare field names set (see `preset_config`)."""
+    config = copy.deepcopy(config)
     apply_overrides(config, {_qualify(config, key): value for key, value in overrides.items()})
     return config.validate()
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from hearflow.config import Config, _qualify, apply_overrides, preset_config
+from hearflow.config import Config, preset_config, with_overrides
 from hearflow.model.htf import HTF, Localization
 
 __all__ = ["HTF", "Localization", "build_model"]
@@ -21,10 +20,5 @@ def build_model(preset: str = "htf", pretrained: bool = False, config: Config | 
     it every encoder is randomly initialised. The model starts in training mode
     and keeps its Config at ``model.config``.
     """
-    if config is None:
-        config = preset_config(preset, **overrides)
-    else:
-        config = copy.deepcopy(config)
-        apply_overrides(config, {_qualify(config, key): value for key, value in overrides.items()})
-        config.validate()
+    config = preset_config(preset, **overrides) if config is None else with_overrides(config, **overrides)
     return HTF(config, pretrained=pretrained)
