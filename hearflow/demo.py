@@ -66,7 +66,7 @@ class DemoSize:
 
 SIZES = {
     "default": DemoSize(train_clips=1200, test_clips=300, epochs=8),
-    "quick": DemoSize(train_clips=320, test_clips=100, epochs=20),
+    "quick": DemoSize(train_clips=600, test_clips=100, epochs=8),
 }
 # The demo's models are tiny: one torch thread per process, and data loaded in the
 # training process, beat two threads plus loader workers on a 2-core machine (about
