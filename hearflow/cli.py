@@ -264,8 +264,7 @@ def _add_demo(commands) -> None:
     parser.add_argument("--out", default="hearflow-demo", metavar="DIR", help="output folder (default hearflow-demo)")
     parser.add_argument("--quick", action="store_true", help="a small, faster version (fewer clips), as CI runs it")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training (default 0)")
-    parser.add_argument("--workers", type=int, default=2, help="processes for synthesis, preparation and loading "
-                        "(default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for synthesis and preparation (default 2)")
     parser.add_argument("--study", action="store_true", help="run the flow-prior study (bench/flow_prior_study.py "
                         "rows, 3 seeds each) into DIR instead of the demo; takes much longer")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
