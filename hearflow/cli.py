@@ -281,10 +281,49 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _add_localize(commands) -> None:
+    parser = commands.add_parser(
+        "localize",
+        help="heatmaps of the sound source in any video: overlay video, JSON, stills",
+        description="For each VIDEO, localize the sound source at every frame (or every SECONDS, or at the "
+        "key frame only) with a checkpoint and write OUT/{stem}.overlay.mp4 (the heatmap blended onto every "
+        "frame, original size, frame rate and audio; H.264 + AAC), OUT/{stem}.json (per step: time_s, frame, "
+        "peak_xy, box, confidence, in video pixels) and, with --png, OUT/{stem}.steps/{frame}.png.",
+    )
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video file(s) with an audio track")
+    parser.add_argument("--checkpoint", required=True, help="hearflow .pt or released .pth/.ckpt checkpoint")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--every", type=float, metavar="SECONDS",
+                      help="one step at the first frame at or after each multiple of SECONDS (default: every "
+                      "frame); the heatmap is held until the next step")
+    when.add_argument("--key-frame", action="store_true",
+                      help="one step only, at the middle frame (the benchmark's key frame)")
+    parser.add_argument("--no-video", action="store_true", help="do not write the overlay video")
+    parser.add_argument("--png", action="store_true", help="write each step's frame with heatmap, box and peak as PNG")
+    parser.add_argument("--allow-silent", action="store_true",
+                        help="localize videos without an audio track with silence (with a warning) instead of failing")
+    parser.add_argument("--batch-size", type=int, default=16, help="steps per forward pass (default 16)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--flow-fusion", type=float, metavar="ALPHA",
+                        help="late fusion: scale maps by 1 + ALPHA * flow magnitude (sets model.flow_fusion)")
+    parser.set_defaults(run=_run_localize)
+
+
+def _run_localize(args) -> int:
+    from hearflow.localize import localize_videos
+
+    localize_videos(args.videos, args.checkpoint, args.out, every=args.every, key_frame_only=args.key_frame,
+                    video=not args.no_video, png=args.png, allow_silent=args.allow_silent,
+                    batch_size=args.batch_size, device=args.device, flow_fusion=args.flow_fusion)
+    return 0
+
+
 COMMANDS = [
     _add_presets,
     _add_train,
     _add_evaluate,
+    _add_localize,
     _add_prepare,
     _add_synth,
     _add_demo,
