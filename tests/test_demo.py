@@ -154,3 +154,38 @@ def test_study_summary_gives_mean_and_spread_and_lists_rows_not_run(tmp_path):
     for name in not_run:
         assert f"| {name}: " in table and "not run" in table.split(f"| {name}: ")[1].split("\n")[0]
     assert "hard" in table and summary.get("hard") is None
+
+
+# Calibrated from measured `hearflow demo --quick` runs, seeds 0 and 1 (README, "The
+# demo"): HTF / LVS pick rates 1.00 / 0.99 and 0.96 / 0.98, mean cIoU above the centre
+# box's by 0.179 / 0.264 and 0.156 / 0.278, pick rates above flow-only's by at least
+# 0.21. Thresholds = the lowest measured value minus a safety margin: pick rate 0.96 -
+# 0.16 = 0.80 (above the centre box's 0.49-0.57 and flow-only's 0.70-0.75, so a model
+# that learnt nothing, or only to follow motion, fails), mean cIoU gain 0.156 - 0.076 =
+# 0.08, pick-rate gain over flow-only 0.21 - 0.16 = 0.05.
+QUICK_MIN_PICK = 0.80
+QUICK_MIN_GAIN = 0.08
+QUICK_MIN_PICK_OVER_FLOW = 0.05
+
+
+@pytest.mark.slow
+def test_quick_demo_learns_to_localize_the_sounding_object(tmp_path):
+    from hearflow.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quick", "--seed", "0", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"methods", "train_clips", "test_clips", "seconds", "seed"}
+    assert set(report["methods"]) == {"htf", "lvs", "center", "flow_only", "lvs_flow_fusion"}
+    center = report["methods"]["center"]
+    for name in ("htf", "lvs"):
+        metrics = report["methods"][name]
+        assert {"ciou_at_0_5", "auc", "mean_ciou", "pick_rate"} <= set(metrics)
+        assert {"source_moves", "source_still"} <= set(metrics["subsets"])
+        assert metrics["pick_rate"] >= QUICK_MIN_PICK, (name, metrics)
+        assert metrics["mean_ciou"] >= center["mean_ciou"] + QUICK_MIN_GAIN, (name, metrics, center)
+        assert metrics["pick_rate"] >= report["methods"]["flow_only"]["pick_rate"] + QUICK_MIN_PICK_OVER_FLOW
+    assert (out / "report.md").read_text().count("|") > 20 and (out / "figure.png").stat().st_size > 10_000
+    from hearflow.checkpoint import load
+
+    assert load(out / "runs" / "htf" / "last.pt").config.model.prior != "none"
