@@ -25,7 +25,6 @@ whatever the box overlap?
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
