@@ -91,11 +91,12 @@ def parts(clip: Path, model: torch.nn.Module, steps: int) -> dict[str, float]:
     from hearflow.data.transforms import audio_window_length
     from hearflow.localize import Localizer, make_step
     from hearflow.media.encode import VideoWriter
-    from hearflow.media.video import iter_frame_pairs, probe
+    from hearflow.media.video import VideoFile, iter_frame_pairs
     from hearflow.overlay import overlay_heatmap
 
     localizer = Localizer(model, device="cpu")
-    info = probe(clip)
+    source = VideoFile(clip)
+    info = source.info
     cells = model.config.data.image_size // model.config.model.map_stride
     similarity = np.random.default_rng(0).standard_normal((steps, cells, cells)).astype(np.float32)
     silence = np.zeros(audio_window_length(model.config.data), np.float32)
@@ -113,10 +114,11 @@ def parts(clip: Path, model: torch.nn.Module, steps: int) -> dict[str, float]:
         for index in range(steps):
             pair = timed("decode", next, pairs)
             timed("flow + tensors + spectrogram", localizer.inputs, [pair.frame, pair.next_frame], 0, silence)
-            timed("audio window (decode + resample)", localizer.audio_window, info, pair.time_s)
+            timed("audio window (decode + resample)", localizer.audio_window, source, pair.time_s)
             step = timed("heatmap + peak + box", make_step, similarity[index], info.width, info.height, pair.time_s, index)
             blended = timed("overlay blend", overlay_heatmap, pair.frame, step.heatmap)
             timed("H.264 encode", writer.write, blended)
+    source.close()
     return times
 
 
@@ -155,7 +157,7 @@ def main() -> None:
 
         print("where the non-model time goes (each part alone, same clip):")
         for name, seconds in parts(clip, model, steps).items():
-            print(f"  {name:28s} {seconds:6.1f} s  ({1000 * seconds / n_frames:5.1f} ms/frame)")
+            print(f"  {name:33s} {seconds:6.1f} s  ({1000 * seconds / n_frames:5.1f} ms/frame)")
 
         long_clip = make_clip(folder / "long", args.long_seconds)
         _, short_peak = run_localize(clip, checkpoint, folder / "out_short", 0.5, args.batch_size)

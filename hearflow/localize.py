@@ -21,10 +21,12 @@ evaluation: `hearflow.media.flow.aggregate_flow` at ``data.flow_size`` with
 ``data.flow_method`` (what `hearflow prepare` stores), then
 `hearflow.data.transforms.image_flow_tensors` (test transform) and `spectrogram`.
 
-Videos are streamed: frames are decoded once, in order; steps are batched through
-the model; overlay frames wait in a bounded buffer only until their step's map is
-known and then go straight to the encoder. Memory does not grow with the video's
-length.
+Videos are streamed: a background thread decodes the frames once, in order, and
+makes the steps' inputs while the model runs on the previous batch; overlay frames
+wait in a bounded buffer only until their step's map is known and then go straight
+to the encoder; the JSON is written as steps arrive. Memory does not grow with the
+video's length, except for the compressed packets `VideoFile` keeps (files up to
+256 MiB), from which the audio windows are cut.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from tqdm import tqdm
 
 from hearflow.data.dataset import fit_audio
 from hearflow.data.transforms import audio_window_length, image_flow_tensors, spectrogram
+from hearflow.distributed import resolve_device
 from hearflow.errors import HearflowError
 from hearflow.media.audio import read_audio_window
 from hearflow.media.flow import aggregate_flow, pair_window, resize_frame
@@ -108,7 +111,8 @@ def upsample_heatmap(similarity: np.ndarray, width: int, height: int) -> np.ndar
 
 def peak_and_box(heatmap: np.ndarray, threshold: float = BOX_THRESHOLD) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
     """The heatmap's highest pixel (x, y) (first in raster order on ties) and the box
-    ``(x0, y0, x1, y1)`` (pixel edges) of the 8-connected region of pixels >= threshold holding it."""
+    ``(x0, y0, x1, y1)`` (pixel edges) of the 8-connected region of pixels >= threshold holding it
+    (the whole frame for an all-zero heatmap)."""
     y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     mask = (heatmap >= min(threshold, float(heatmap[y, x]))).astype(np.uint8)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -123,10 +127,12 @@ def make_step(similarity: np.ndarray, width: int, height: int, time_s: float | N
     return LocalizationStep(time_s, frame, similarity, heatmap, peak_xy, box, float(np.max(similarity)))
 
 
-def _resolve_device(device: str) -> torch.device:
-    from hearflow.distributed import resolve_device
-
-    return resolve_device(device)
+def check_step_options(every: float | None, key_frame_only: bool) -> None:
+    """HearflowError unless the step options make sense: `every` > 0, not with `key_frame_only`."""
+    if every is not None and key_frame_only:
+        raise HearflowError("choose either every=SECONDS (--every) or key_frame_only (--key-frame), not both")
+    if every is not None and not every > 0:
+        raise HearflowError(f"--every must be a positive number of seconds, got {every}")
 
 
 class Localizer:
@@ -135,7 +141,8 @@ class Localizer:
     model: an HTF model (``hearflow.load(...)`` or ``hearflow.build_model(...)``);
     device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``; batch_size: steps
     per forward pass; flow_fusion: when given, sets ``model.config.model.flow_fusion``
-    (late fusion: maps scaled by 1 + alpha * flow magnitude).
+    (late fusion: maps scaled by 1 + alpha * flow magnitude); checkpoint: the file the
+    model came from, recorded in the JSON output (`from_checkpoint` sets it).
     """
 
     def __init__(
@@ -152,7 +159,7 @@ class Localizer:
             if not flow_fusion >= 0:
                 raise HearflowError(f"--flow-fusion must be a non-negative weight, got {flow_fusion}")
             model.config.model.flow_fusion = float(flow_fusion)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.batch_size = int(batch_size)
@@ -245,10 +252,7 @@ class Localizer:
 
         HearflowError when it cannot be localized; the caller closes the file.
         """
-        if every is not None and key_frame_only:
-            raise HearflowError("choose either every=SECONDS (--every) or key_frame_only (--key-frame), not both")
-        if every is not None and not every > 0:
-            raise HearflowError(f"--every must be a positive number of seconds, got {every}")
+        check_step_options(every, key_frame_only)
         video = VideoFile(video_path)
         info = video.info
         problem = None
@@ -578,10 +582,7 @@ def localize_videos(
     A video that fails gets one error line on stderr and the others are still
     processed; at the end a HearflowError lists the failures (non-zero exit).
     """
-    if every is not None and key_frame_only:
-        raise HearflowError("choose either --every SECONDS or --key-frame, not both")
-    if not video and not png:
-        print("hearflow: note: --no-video without --png writes the JSON files only", file=sys.stderr)
+    check_step_options(every, key_frame_only)
     localizer = Localizer.from_checkpoint(checkpoint, device, batch_size=batch_size, flow_fusion=flow_fusion)
     written, failed, stems = [], [], {}
     for path in tqdm(videos, unit="video", desc="localize", file=sys.stderr, disable=len(videos) < 2):

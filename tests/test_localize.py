@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
@@ -254,10 +255,23 @@ def test_cli_writes_json_overlay_and_stills(tmp_path, checkpoint, clip, capsys):
 def test_cli_key_frame_only_and_no_video(tmp_path, checkpoint, clip):
     out = tmp_path / "out"
     assert main(["localize", str(clip), "--checkpoint", str(checkpoint), "--out", str(out),
-                 "--key-frame", "--no-video", "--device", "cpu"]) == 0
+                 "--key-frame", "--png", "--device", "cpu"]) == 0
     report = json.loads((out / f"{clip.stem}.json").read_text())
     assert [step["frame"] for step in report["steps"]] == [25]
-    assert sorted(p.name for p in out.iterdir()) == [f"{clip.stem}.json"]
+    frames, *_ = read_video(out / f"{clip.stem}.overlay.mp4")
+    assert len(frames) == 50  # the one heatmap on every frame
+    assert [p.name for p in (out / f"{clip.stem}.steps").iterdir()] == ["000025.png"]
+
+    assert main(["localize", str(clip), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "json"),
+                 "--every", "1", "--no-video", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "json").iterdir()) == [f"{clip.stem}.json"]
+
+
+def test_leaving_the_iteration_early_stops_the_reader_thread(clip):
+    steps = Localizer(BrightSpotModel(), device="cpu", batch_size=2).localize(clip)
+    assert next(steps).frame == 0
+    steps.close()
+    assert not [t for t in threading.enumerate() if t.name == "hearflow-localize-inputs"]
 
 
 def test_each_bad_input_gets_one_error_line_and_the_rest_is_processed(tmp_path, checkpoint, clip, capsys):
