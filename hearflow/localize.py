@@ -53,8 +53,10 @@ from hearflow.data.transforms import audio_window_length, image_flow_tensors, sp
 from hearflow.distributed import resolve_device
 from hearflow.errors import HearflowError
 from hearflow.media.audio import read_audio_window
+from hearflow.media.encode import VideoWriter, mux_audio
 from hearflow.media.flow import aggregate_flow, pair_window, resize_frame
 from hearflow.media.video import VideoFile, iter_frame_pairs, key_frame_index
+from hearflow.overlay import draw_box, draw_marker, overlay_heatmap, upsample_heatmap
 
 DEFAULT_BATCH_SIZE = 16  # steps per forward pass
 BOX_THRESHOLD = 0.5  # heatmap level (after min-max normalisation) that bounds the box
@@ -91,22 +93,6 @@ class LocalizationStep:
             "box": [int(v) for v in self.box],
             "confidence": round(float(self.confidence), 6),
         }
-
-
-def upsample_heatmap(similarity: np.ndarray, width: int, height: int) -> np.ndarray:
-    """An h x w map resized to ``height x width`` (bicubic) and min-max normalised: float32 in [0, 1].
-
-    The resize is OpenCV's ``INTER_CUBIC``, the benchmark metric's. A flat map (all
-    cells equal) gives zeros, not its interpolation's rounding noise stretched to [0, 1].
-    """
-    similarity = np.asarray(similarity, np.float32)
-    if similarity.max() == similarity.min():
-        return np.zeros((int(height), int(width)), np.float32)
-    resized = cv2.resize(similarity, (int(width), int(height)), interpolation=cv2.INTER_CUBIC)
-    low, high = float(resized.min()), float(resized.max())
-    resized -= low
-    resized *= 1.0 / (high - low)
-    return resized
 
 
 def peak_and_box(heatmap: np.ndarray, threshold: float = BOX_THRESHOLD) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
@@ -520,9 +506,6 @@ def localize_video(
     (held until the next step), the original audio muxed back (H.264 + AAC); with `png`,
     ``{stem}.steps/{frame:06d}.png``: each step's frame with its heatmap, box and peak.
     """
-    from hearflow.media.encode import VideoWriter, mux_audio
-    from hearflow.overlay import draw_box, draw_marker, overlay_heatmap
-
     paths = outputs(out_dir, video_path)
     silent_overlay = paths["overlay"].with_name(f".{paths['overlay'].stem}.video-only-{os.getpid()}.mp4")
     with ExitStack() as cleanup:

@@ -28,7 +28,8 @@ from hearflow.checkpoint import save_checkpoint
 from hearflow.cli import main
 from hearflow.config import preset_config
 from hearflow.errors import HearflowError
-from hearflow.localize import BOX_THRESHOLD, Localizer, localize_video, peak_and_box, upsample_heatmap
+from hearflow.localize import BOX_THRESHOLD, Localizer, localize_video, peak_and_box
+from hearflow.overlay import upsample_heatmap
 from hearflow.synth import synthesize
 from media_fixtures import tone_track, write_video
 
