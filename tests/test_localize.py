@@ -268,6 +268,26 @@ def test_cli_key_frame_only_and_no_video(tmp_path, checkpoint, clip):
     assert sorted(p.name for p in (tmp_path / "json").iterdir()) == [f"{clip.stem}.json"]
 
 
+@pytest.mark.slow
+def test_a_released_checkpoint_brings_its_own_preprocessing(tmp_path, clip):
+    """A released-format .pth (random weights): htf-released is picked, with its 22,050 Hz front end."""
+    torch.manual_seed(0)
+    released = build_model("htf-released")
+    path = tmp_path / "released.pth"
+    torch.save({"model": released.state_dict()}, path)
+    localizer = Localizer.from_checkpoint(path, device="cpu")
+    assert localizer.config.preset == "htf-released" and localizer.config.data.sample_rate == 22050
+    (step,) = localizer.localize(clip, key_frame_only=True)
+    assert step.frame == 25 and step.similarity.shape == (7, 7) and step.heatmap.shape == (96, 128)
+    with torch.no_grad():  # the same map as the released model run by hand on the same inputs
+        video = localizer.open(clip, None, True, False)
+        frames = video.read_frames(25, 2)
+        inputs = localizer.inputs(frames, 0, localizer.audio_window(video, video.info.frame_time(25)))
+        video.close()
+        expected = released.eval()(*(x[None] for x in inputs)).similarity[0].numpy()
+    np.testing.assert_allclose(step.similarity, expected, atol=1e-5)
+
+
 def test_leaving_the_iteration_early_stops_the_reader_thread(clip):
     steps = Localizer(BrightSpotModel(), device="cpu", batch_size=2).localize(clip)
     assert next(steps).frame == 0
