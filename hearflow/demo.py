@@ -118,7 +118,7 @@ def run_demo(
     checkpoints = {}
     for name in (HTF, LVS):
         clock = time.monotonic()
-        checkpoints[name] = train_model(configs[name], data.train_dir, out / "runs" / name)
+        checkpoints[name] = train_model(configs[name], data.train_dir, out / "runs" / name, progress)
         timings[f"train {name}"] = time.monotonic() - clock
 
     clock = time.monotonic()
@@ -235,11 +235,11 @@ def _study_seed(out: Path, setting: str, seed: int, rows: list[StudyRow], size: 
             run_dir = data_dir / "runs" / row.name
             checkpoint = run_dir / "last.pt"
             if not checkpoint.is_file():
-                train_model(config, data.train_dir, run_dir)
+                train_model(config, data.train_dir, run_dir, progress)
             predictions = predict_model(_load(checkpoint), data, config, progress)
         else:
             if not lvs_checkpoint.is_file():
-                train_model(lvs_config, data.train_dir, lvs_checkpoint.parent)
+                train_model(lvs_config, data.train_dir, lvs_checkpoint.parent, progress)
             model = {CENTER: lambda: _center(lvs_config), FLOW_ONLY: lambda: _flow_only(lvs_config),
                      LATE_FUSION: lambda: _fused(lvs_checkpoint)}[row.method]()
             predictions = predict_model(model, data, lvs_config, progress)
@@ -368,14 +368,14 @@ def _synthesized(synth_dir: Path, clips: int, seed: int, knobs: dict[str, Any]) 
     return made == wanted and (synth_dir / "clips.json").is_file()
 
 
-def train_model(config: Config, train_dir: Path, run_dir: Path) -> Path:
+def train_model(config: Config, train_dir: Path, run_dir: Path, progress: bool = True) -> Path:
     """Train with `hearflow.train.train` (no validation set: nothing is chosen on the test set).
 
     Returns the final checkpoint, ``run_dir/last.pt``.
     """
     from hearflow.train import train
 
-    train(config, train_dir, run_dir, pretrained=False)
+    train(config, train_dir, run_dir, pretrained=False, progress=progress)
     return run_dir / "last.pt"
 
 

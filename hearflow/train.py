@@ -115,6 +115,7 @@ def train(
     pretrained: bool = True,
     deterministic: bool = False,
     skip_missing: bool = False,
+    progress: bool = True,
 ) -> HTF:
     """Train a model on a prepared folder; returns it (last epoch's weights, eval mode).
 
@@ -126,6 +127,7 @@ def train(
     it; ``workers`` may change). pretrained: ImageNet weights for the encoders the
     config marks ``*_pretrained`` (downloaded by torchvision once). deterministic:
     ``torch.use_deterministic_algorithms(True)`` (bit-identical reruns on CPU).
+    progress: draw the per-epoch progress bar (rank 0 only).
     """
     context = distributed.setup(device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -136,7 +138,7 @@ def train(
     try:
         return _Run(
             context, config, train_dir, out_dir, val_dir, val_annotations, train_ids,
-            resume, epochs, workers, pretrained, skip_missing,
+            resume, epochs, workers, pretrained, skip_missing, progress,
         ).fit()
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
@@ -200,9 +202,10 @@ class _Run:
 
     def __init__(
         self, context, config, train_dir, out_dir, val_dir, val_annotations, train_ids,
-        resume, epochs, workers, pretrained, skip_missing,
+        resume, epochs, workers, pretrained, skip_missing, progress,
     ) -> None:
         self.context = context
+        self.progress = progress
         self.run_dir = Path(out_dir)
         self.last_path = self.run_dir / "last.pt"
         self.best_path = self.run_dir / "best.pt"
@@ -332,7 +335,7 @@ class _Run:
         loader = self._loader(epoch)
         bar = tqdm(
             loader, desc=f"epoch {epoch}/{config.train.epochs}", unit="batch",
-            disable=not self.context.is_main, dynamic_ncols=True, leave=True,
+            disable=not (self.context.is_main and self.progress), dynamic_ncols=True, leave=True,
         )
         total_loss, steps, samples, start = 0.0, 0, 0, time.perf_counter()
         for step, batch in enumerate(bar, start=1):
