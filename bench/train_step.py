@@ -23,6 +23,10 @@ so a change of load from other jobs on a shared machine shows up as their spread
 
     python3 bench/train_step.py                  # htf, batch 32, 4 steps, 2 workers
     python3 bench/train_step.py --data DIR       # reuse (or keep) the prepared clips in DIR
+    python3 bench/train_step.py --device cuda --batch 128 --steps 20 --workers 12   # a GPU
+
+On CUDA both sides run under the same autocast (``train.amp``, bf16 where supported)
+and the model-only timing synchronises the device before reading the clock.
 """
 
 from __future__ import annotations
@@ -41,11 +45,11 @@ from torch.utils.data import DataLoader
 
 from hearflow.config import preset_config
 from hearflow.data.dataset import PreparedDataset
-from hearflow.distributed import Distributed
+from hearflow.distributed import Distributed, resolve_device
 from hearflow.model import build_model
 from hearflow.prepare import prepare
 from hearflow.synth import synthesize
-from hearflow.train import global_batch_loss, train, training_features
+from hearflow.train import amp_dtype_for, global_batch_loss, train, training_features
 
 CLIPS = 64  # distinct prepared clips; the epoch cycles through them
 CLIP_SIZE = (456, 256)  # a typical VGG-Sound frame at prepare's 256-pixel working size
@@ -61,23 +65,34 @@ def prepared_folder(root: Path, workers: int) -> Path:
     return folder
 
 
-def model_step_rate(config, batch: dict, steps: int) -> float:
-    """Samples/s of the bare training step on one in-memory batch (after 1 warm-up step)."""
+def model_step_rate(config, batch: dict, steps: int, device: torch.device) -> float:
+    """Samples/s of the bare training step on one in-memory batch (after 2 warm-up steps)."""
     torch.manual_seed(0)
-    model = build_model(config=config).train()
+    model = build_model(config=config).train().to(device)
     features = training_features(model, Distributed())
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.train.lr)
+    amp_dtype = amp_dtype_for(config.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    inputs = [batch[key].to(device) for key in ("image", "flow", "spectrogram")]
 
     def step():
-        loss = global_batch_loss(features, batch["image"], batch["flow"], batch["spectrogram"], config.objective)
+        loss = global_batch_loss(features, *inputs, config.objective, amp_dtype)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
-    step()
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(2):
+        step()
+    synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    synchronize()
     return steps * len(batch["image"]) / (time.perf_counter() - start)
 
 
@@ -92,12 +107,12 @@ def loader_rate(dataset: PreparedDataset, batch_size: int, workers: int, batches
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def loop_rates(config, folder: Path, ids_file: Path, run_dir: Path) -> tuple[float, float]:
+def loop_rates(config, folder: Path, ids_file: Path, run_dir: Path, device: torch.device) -> tuple[float, float]:
     """(steady samples/s from TensorBoard step times, whole-epoch samples/s) of `train`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     shutil.rmtree(run_dir, ignore_errors=True)
-    train(config, folder, run_dir, train_ids=ids_file, pretrained=False)
+    train(config, folder, run_dir, train_ids=ids_file, pretrained=False, device=str(device))
     events = EventAccumulator(str(run_dir))
     events.Reload()
     times = [event.wall_time for event in events.Scalars("train/loss")]
@@ -113,6 +128,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of hearflow's loop")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    parser.add_argument("--amp", default="auto", help="train.amp on CUDA: auto, bf16, fp16 or off (default: auto)")
     parser.add_argument("--data", type=Path, help="folder for the prepared clips (kept); default: a temporary one")
     args = parser.parse_args()
 
@@ -121,8 +138,9 @@ def main() -> int:
     try:
         folder = prepared_folder(root, args.workers)
         config = preset_config(args.preset, **{
-            "train.batch_size": args.batch, "train.epochs": 1, "train.workers": args.workers,
+            "train.batch_size": args.batch, "train.epochs": 1, "train.workers": args.workers, "train.amp": args.amp,
         })
+        device = resolve_device(args.device)
         dataset = PreparedDataset(folder, config, train=True)
         needed = args.batch * (args.steps + 1)
         ids = [dataset.ids[i % len(dataset.ids)] for i in range(needed)]
@@ -133,11 +151,13 @@ def main() -> int:
         items = [dataset[i % len(dataset)] for i in range(args.batch)]
         batch = {key: torch.stack([item[key] for item in items]) for key in ("image", "flow", "spectrogram")}
 
-        print(f"{args.preset}, batch {args.batch}, {args.steps} timed steps, torch threads "
-              f"{torch.get_num_threads()}, {args.workers} loader workers", file=sys.stderr)
-        before = model_step_rate(config, batch, args.steps)
-        steady, epoch = loop_rates(config, folder, ids_file, root / "run")
-        after = model_step_rate(config, batch, args.steps)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        print(f"{args.preset}, batch {args.batch}, {args.steps} timed steps, {where}, amp "
+              f"{amp_dtype_for(config.train.amp, device)}, torch {torch.__version__} ({torch.get_num_threads()} "
+              f"threads), {args.workers} loader workers", file=sys.stderr)
+        before = model_step_rate(config, batch, args.steps, device)
+        steady, epoch = loop_rates(config, folder, ids_file, root / "run", device)
+        after = model_step_rate(config, batch, args.steps, device)
     finally:
         if args.data is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -260,7 +260,7 @@ class _Run:
         self.optimizer = torch.optim.Adam(
             trainable, lr=self.config.train.lr, weight_decay=self.config.train.weight_decay
         )
-        self.amp_dtype = _amp_dtype(self.config.train.amp, device)
+        self.amp_dtype = amp_dtype_for(self.config.train.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
         self.epoch = 0
@@ -446,7 +446,7 @@ def _batch_sizes(batch_size: int, n_samples: int, world_size: int) -> tuple[int,
     return batch_size, batch_size // world_size
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``train.amp`` on ``device``; None = fp32 (always on CPU)."""
     if amp not in ("auto", "bf16", "fp16", "off"):
         raise HearflowError(f"train.amp is {amp!r}; choose auto, bf16, fp16 or off")
