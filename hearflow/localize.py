@@ -24,9 +24,8 @@ evaluation: `hearflow.media.flow.aggregate_flow` at ``data.flow_size`` with
 Videos are streamed: a background thread decodes the frames once, in order, and
 makes the steps' inputs while the model runs on the previous batch; overlay frames
 wait in a bounded buffer only until their step's map is known and then go straight
-to the encoder; the JSON is written as steps arrive. Memory does not grow with the
-video's length, except for the compressed packets `VideoFile` keeps (files up to
-256 MiB), from which the audio windows are cut.
+to the encoder; the JSON is written as steps arrive; each audio window is read with
+one seek. Memory does not grow with the video's length.
 """
 
 from __future__ import annotations
@@ -234,12 +233,12 @@ class Localizer:
                     yield payload[0]
 
     def open(self, video_path: str | Path, every: float | None, key_frame_only: bool, allow_silent: bool) -> VideoFile:
-        """Open a video (`VideoFile`: counted frames, audio packets) and check the options.
+        """Open a video (`VideoFile`: counted frames, rotation, audio track) and check the options.
 
         HearflowError when it cannot be localized; the caller closes the file.
         """
         check_step_options(every, key_frame_only)
-        video = VideoFile(video_path)
+        video = VideoFile(video_path, keep_packets=False)  # audio windows seek: memory stays flat
         info = video.info
         problem = None
         if info.n_frames < 2:
