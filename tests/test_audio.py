@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hearflow.errors import HearflowError
-from hearflow.media.audio import read_audio, read_audio_window, resample
+from hearflow.media.audio import mono, read_audio, read_audio_window, resample
 from hearflow.media.video import VideoFile
 from media_fixtures import click_track, tone_track, write_video
 
@@ -76,6 +76,29 @@ def test_channels_are_mixed_to_mono_and_rates_converted(tmp_path):
     frequency = np.argmax(np.abs(np.fft.rfft(segment))) * 16000 / len(segment)
     assert frequency == pytest.approx(1000, abs=2)
     assert np.abs(segment).max() > 0.1
+
+
+@pytest.mark.parametrize("layout, sample_format", [("mono", "fltp"), ("stereo", "fltp"), ("stereo", "flt"),
+                                                   ("stereo", "s16p"), ("stereo", "s16"), ("5.1", "fltp")])
+def test_mono_is_the_mean_of_the_channels(layout, sample_format):
+    """Every sample format against the obvious reference: to_ndarray, full scale, channel mean."""
+    import av
+
+    rng = np.random.default_rng(0)
+    channels = av.AudioLayout(layout).nb_channels
+    planar = sample_format.endswith("p")
+    if sample_format.startswith("s16"):
+        values = rng.integers(-2**15, 2**15, (channels, 1000)).astype(np.int16)
+        reference = values.astype(np.float64) / 2**15
+    else:
+        values = rng.uniform(-1, 1, (channels, 1000)).astype(np.float32)
+        reference = values.astype(np.float64)
+    data = values if planar else np.ascontiguousarray(values.T).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(data, format=sample_format, layout=layout)
+    frame.sample_rate = 48000
+    mixed = mono(frame)
+    assert mixed.dtype == np.float32 and mixed.shape == (1000,)
+    np.testing.assert_allclose(mixed, reference.mean(axis=0), rtol=0, atol=1e-6)
 
 
 def test_resample_matches_the_analytic_signal():

@@ -94,8 +94,11 @@ def mono(frame) -> np.ndarray:
     (The mean, as librosa's ``to_mono`` that the released code used; FFmpeg's own
     downmix would scale stereo by 1/sqrt(2) per channel instead.)
     """
-    data = frame.to_ndarray()
     channels = frame.layout.nb_channels
+    if frame.format.name == "fltp" and channels <= 2:  # what AAC, Opus and Vorbis decode to: no copies
+        planes = [np.frombuffer(plane, np.float32, frame.samples) for plane in frame.planes[:channels]]
+        return planes[0].copy() if channels == 1 else (planes[0] + planes[1]) / np.float32(2)
+    data = frame.to_ndarray()
     if not frame.format.is_planar:
         data = data.reshape(-1, channels).T
     kind = frame.format.name.rstrip("p")
