@@ -127,8 +127,9 @@ def _add_train(commands) -> None:
     parser.add_argument("--seed", type=int, help="random seed of initialisation, shuffling and augmentation")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
-                        help="ImageNet weights for the encoders the preset initialises from ImageNet "
-                        "(downloaded once by torchvision); --no-pretrained starts them random")
+                        help="pre-trained weights for the encoders the preset initialises from them: "
+                        "model.pretrained_weights, ImageNet's by default (downloaded once by torchvision) or a "
+                        "file from hearflow.pretrain; --no-pretrained starts them random")
     parser.add_argument("--deterministic", action="store_true",
                         help="use only deterministic algorithms (bit-identical reruns and resumes on CPU)")
     parser.add_argument("--skip-missing", action="store_true",

@@ -42,11 +42,12 @@ class ModelConfig:
     flow_encoder: str = "resnet18"  # resnet18 | maxpool (Table 5)
     prior_dim: int = 64  # d, the projection size of the prior's keys/queries/values
     prior_gate: bool = False  # f_v + gamma * E_p with a learnable gamma starting at 0
-    vision_pretrained: bool = True  # ImageNet weights for the image encoder
+    vision_pretrained: bool = True  # pre-trained weights (pretrained_weights) for the image encoder
     vision_frozen: bool = True  # no gradients into the image encoder
     vision_bn_drift: bool = False  # released: frozen encoder's BatchNorm stats still update
-    flow_pretrained: bool = True  # ImageNet weights for the flow encoder (resnet18 only)
+    flow_pretrained: bool = True  # pre-trained weights for the flow encoder (resnet18 only)
     flow_conv1_init: str = "rgb-mean"  # random (released) | rgb-mean
+    pretrained_weights: str = "imagenet"  # imagenet (torchvision ResNet-18) | a file from hearflow.pretrain
     width: int = 64  # channels of the first ResNet stage; 64 is ResNet-18
     map_stride: int = 32  # input pixels per similarity-map cell: 32, 16 or 8
     flow_fusion: float = 0.0  # late fusion at inference: S * (1 + alpha * flow magnitude)

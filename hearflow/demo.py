@@ -150,6 +150,7 @@ class StudyRow:
     preset: str | None = None  # trained rows: the preset and its overrides
     overrides: tuple[tuple[str, Any], ...] = ()
     method: str | None = None  # training-free rows: a method of `METHODS` computed in the lvs row's run
+    pretrain: bool = False  # start from the seed's synthetic classifier (`hearflow.pretrain`), Table 4's ImageNet
 
 
 STUDY_SEEDS = (0, 1, 2)
@@ -159,6 +160,8 @@ STUDY_SETTINGS = {
     "default": {},
     "hard": {"twins": 0.3, "classes": 32},
 }
+_PRETRAINED_FLOW = (("model.flow_encoder", "resnet18"), ("model.vision_pretrained", True),
+                    ("model.flow_pretrained", True), ("model.flow_conv1_init", "rgb-mean"))
 STUDY_ROWS = (
     StudyRow("lvs", "no flow prior (Table 4 a)", "demo-lvs"),
     StudyRow("channel-maxpool", "channel prior, max-pool flow encoder (Table 5 a)", "demo-htf"),
@@ -173,6 +176,19 @@ STUDY_ROWS = (
              (("model.prior", "spatial"), ("model.flow_encoder", "resnet18"), ("model.prior_gate", True))),
     StudyRow("channel-maxpool-gated", "channel prior, max-pool, with the gate", "demo-htf",
              (("model.prior_gate", True),)),
+    # Table 4's pre-trained rows: vision (and the ResNet-18 flow trunk) from a classifier
+    # pre-trained on single-object images of other classes; rgb-mean vs random flow conv1.
+    StudyRow("lvs-pretrained", "no flow prior, vision pre-trained (Table 4 b)", "demo-lvs",
+             (("model.vision_pretrained", True),), pretrain=True),
+    StudyRow("lvs-frozen", "no flow prior, vision pre-trained and frozen (Table 4 c)", "demo-lvs",
+             (("model.vision_pretrained", True), ("model.vision_frozen", True)), pretrain=True),
+    StudyRow("channel-resnet18-pretrained", "channel prior, ResNet-18 flow, pre-trained (Table 4 e)", "demo-htf",
+             _PRETRAINED_FLOW, pretrain=True),
+    StudyRow("channel-resnet18-frozen", "channel prior, ResNet-18 flow, pre-trained, vision frozen (Table 4 f)",
+             "demo-htf", _PRETRAINED_FLOW + (("model.vision_frozen", True),), pretrain=True),
+    StudyRow("channel-resnet18-frozen-random-conv1", "as Table 4 f with a random flow conv1 instead of rgb-mean",
+             "demo-htf", _PRETRAINED_FLOW + (("model.vision_frozen", True), ("model.flow_conv1_init", "random")),
+             pretrain=True),
 )
 
 
@@ -232,10 +248,18 @@ def _study_seed(out: Path, setting: str, seed: int, rows: list[StudyRow], size: 
         clock = time.monotonic()
         if row.method is None:
             config = _study_config(row, seed, size)
+            if row.pretrain:
+                from hearflow.pretrain import make_pretrained_weights
+                from hearflow.synth import SynthSettings
+
+                classes = STUDY_SETTINGS[setting].get("classes", SynthSettings().classes)
+                weights = make_pretrained_weights(data_dir / "vision-classifier.pt", config, classes, seed,
+                                                  progress=progress)
+                config.model.pretrained_weights = str(weights)
             run_dir = data_dir / "runs" / row.name
             checkpoint = run_dir / "last.pt"
             if not checkpoint.is_file():
-                train_model(config, data.train_dir, run_dir, progress)
+                train_model(config, data.train_dir, run_dir, progress, pretrained=row.pretrain)
             predictions = predict_model(_load(checkpoint), data, config, progress)
         else:
             if not lvs_checkpoint.is_file():
@@ -368,14 +392,15 @@ def _synthesized(synth_dir: Path, clips: int, seed: int, knobs: dict[str, Any]) 
     return made == wanted and (synth_dir / "clips.json").is_file()
 
 
-def train_model(config: Config, train_dir: Path, run_dir: Path, progress: bool = True) -> Path:
+def train_model(config: Config, train_dir: Path, run_dir: Path, progress: bool = True, pretrained: bool = False) -> Path:
     """Train with `hearflow.train.train` (no validation set: nothing is chosen on the test set).
 
+    pretrained: start the encoders the config names from ``model.pretrained_weights``.
     Returns the final checkpoint, ``run_dir/last.pt``.
     """
     from hearflow.train import train
 
-    train(config, train_dir, run_dir, pretrained=False, progress=progress)
+    train(config, train_dir, run_dir, pretrained=pretrained, progress=progress)
     return run_dir / "last.pt"
 
 

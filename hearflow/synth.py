@@ -257,8 +257,6 @@ def plan_clip(settings: SynthSettings, seed: int, index: int) -> ClipPlan:
     geometry = _place_objects(rng, settings, moves)
     objects = []
     for class_index, (size, position, velocity, region) in zip(classes, geometry):
-        hue = synth_classes(settings.classes)[int(class_index)].hue + rng.uniform(-10, 10)
-        rgb = colorsys.hsv_to_rgb((hue % 360) / 360, rng.uniform(0.55, 0.9), rng.uniform(0.65, 0.95))
         objects.append(
             SynthObject(
                 class_index=int(class_index),
@@ -266,7 +264,7 @@ def plan_clip(settings: SynthSettings, seed: int, index: int) -> ClipPlan:
                 key_position=position,
                 velocity=velocity,
                 region=region,
-                colour=tuple(255.0 * c for c in rgb),
+                colour=_object_colour(rng, synth_classes(settings.classes)[int(class_index)].hue),
                 texture_period=float(rng.uniform(7, 11)),
                 texture_phase=(float(rng.uniform(0, 11)), float(rng.uniform(0, 11))),
             )
@@ -284,6 +282,31 @@ def plan_clip(settings: SynthSettings, seed: int, index: int) -> ClipPlan:
         pitch=float(step ** rng.uniform(-0.3, 0.3)),  # a third of the gap to the next class
         rhythm=float(rng.uniform(0.9, 1.1)),
     )
+
+
+def _object_colour(rng: np.random.Generator, class_hue: float) -> tuple[float, float, float]:
+    """RGB in 0..255: the class hue +- 10 degrees, a random saturation and brightness."""
+    hue = class_hue + rng.uniform(-10, 10)
+    rgb = colorsys.hsv_to_rgb((hue % 360) / 360, rng.uniform(0.55, 0.9), rng.uniform(0.65, 0.95))
+    return tuple(255.0 * c for c in rgb)
+
+
+def render_object_image(settings: SynthSettings, seed: int, index: int, class_index: int) -> np.ndarray:
+    """A still image of one object of class `class_index` (< ``settings.classes``), uint8 H x W x 3.
+
+    The object is sized, textured and lit as in a clip, placed anywhere (the `free`
+    layout), on a clip background; image `index` of `seed` is always the same. The
+    classifier pre-training of `hearflow.pretrain` learns from these.
+    """
+    if not 0 <= class_index < settings.classes:
+        raise HearflowError(f"class {class_index} is not among the {settings.classes} classes")
+    single = dataclasses.replace(settings, objects=1, layout="free", seconds=2 / settings.fps, source_moves=0.0,
+                                 silent_moves=0.0, twins=0.0, no_source=0.0).validate()
+    plan = plan_clip(single, seed, index)
+    colour = _object_colour(np.random.default_rng([seed, index, 3]), synth_classes(single.classes)[class_index].hue)
+    still = dataclasses.replace(plan.objects[0], class_index=class_index, colour=colour)
+    frames = list(render_frames(dataclasses.replace(plan, objects=(still,)), single))
+    return frames[single.key_frame]
 
 
 def render_background(plan: ClipPlan, settings: SynthSettings) -> np.ndarray:

@@ -156,6 +156,31 @@ def test_study_summary_gives_mean_and_spread_and_lists_rows_not_run(tmp_path):
     assert "hard" in table and summary.get("hard") is None
 
 
+def test_a_frozen_pretrained_study_row_keeps_the_classifier_weights(tmp_path, monkeypatch):
+    """Table 4 c on a tiny run: the row pre-trains once per seed, starts vision from that
+    classifier and, frozen, ends training with exactly its weights (BatchNorm included)."""
+    import functools
+
+    import hearflow.demo as demo
+    import hearflow.pretrain as pretrain
+    from hearflow.checkpoint import load
+
+    torch.set_num_threads(1)
+    monkeypatch.setitem(demo.SIZES, "quick", demo.DemoSize(train_clips=64, test_clips=8, epochs=1))
+    monkeypatch.setattr(pretrain, "make_pretrained_weights",
+                        functools.partial(pretrain.make_pretrained_weights, images_per_class=4, epochs=1))
+    demo.run_study(tmp_path, rows=["lvs-frozen"], seeds=(0,), settings=["default"], quick=True, workers=1,
+                   progress=False)
+    data_dir = tmp_path / "default" / "data-seed0"
+    weights = pretrain.load_encoder_weights(data_dir / "vision-classifier.pt", 16)
+    model = load(data_dir / "runs" / "lvs-frozen" / "last.pt")
+    assert model.config.model.pretrained_weights == str(data_dir / "vision-classifier.pt")
+    for name, value in model.imgnet.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    result = json.loads((tmp_path / "default" / "rows" / "lvs-frozen" / "seed0.json").read_text())
+    assert 0 <= result["pick_rate"] <= 1 and "mean_ciou" in result
+
+
 # Calibrated from measured `hearflow demo --quick` runs, seeds 0 and 1 (README, "The
 # demo"): HTF / LVS pick rates 1.00 / 0.99 and 0.96 / 0.98, mean cIoU above the centre
 # box's by 0.179 / 0.264 and 0.156 / 0.278, pick rates above flow-only's by at least

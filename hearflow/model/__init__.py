@@ -15,8 +15,9 @@ def build_model(preset: str = "htf", pretrained: bool = False, config: Config | 
 
     ``build_model("htf", prior="spatial")`` or ``build_model(config=cfg, **{"model.width": 32})``
     (``preset`` is ignored when ``config`` is given; ``config`` itself is not modified).
-    ``pretrained=True`` loads torchvision's ImageNet weights into the encoders the
-    config asks for (``model.vision_pretrained``, ``model.flow_pretrained``); without
+    ``pretrained=True`` loads pre-trained weights (``model.pretrained_weights``:
+    torchvision's ImageNet ResNet-18 by default) into the encoders the config asks
+    for (``model.vision_pretrained``, ``model.flow_pretrained``); without
     it every encoder is randomly initialised. The model starts in training mode
     and keeps its Config at ``model.config``.
     """

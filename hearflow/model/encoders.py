@@ -75,7 +75,7 @@ def flow_encoder(width: int = 64, map_stride: int = 32, conv1_init: str = "rando
 
     ``conv1_init="random"`` gives conv1 PyTorch's default initialisation, as the
     released code's freshly created conv1 had (the rest of the trunk is initialised
-    as torchvision does, then possibly overwritten by `load_imagenet`).
+    as torchvision does, then possibly overwritten by `load_trunk_weights`).
     """
     trunk = ResNetTrunk(2, width, map_stride)
     if conv1_init == "random":
@@ -115,11 +115,11 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
     return {name: tensor for name, tensor in state.items() if not name.startswith("fc.")}
 
 
-def load_imagenet(trunk: ResNetTrunk, weights: dict[str, torch.Tensor], conv1_init: str | None = None) -> None:
-    """Copy ImageNet weights into ``trunk`` (in place).
+def load_trunk_weights(trunk: ResNetTrunk, weights: dict[str, torch.Tensor], conv1_init: str | None = None) -> None:
+    """Copy pre-trained trunk weights (ImageNet's, or `hearflow.pretrain`'s) into ``trunk`` (in place).
 
     ``conv1_init`` applies to a 2-channel flow trunk: ``"random"`` keeps the trunk's
-    own conv1, ``"rgb-mean"`` uses the ImageNet conv1 averaged over RGB and repeated
+    own conv1, ``"rgb-mean"`` uses the pre-trained conv1 averaged over RGB and repeated
     over the two flow channels. ``None`` copies conv1 as is (3-channel image trunk).
     """
     state = dict(weights)

@@ -20,7 +20,7 @@ from hearflow.model.encoders import (
     ImageEncoder,
     flow_encoder,
     imagenet_state_dict,
-    load_imagenet,
+    load_trunk_weights,
     max_pool_flow,
 )
 from hearflow.model.priors import build_prior
@@ -62,22 +62,28 @@ class HTF(nn.Module):
         if m.prior != "none":
             self.flowatt = build_prior(m.prior, channels, flow_channels, m.prior_dim, m.prior_gate)
         if pretrained:
-            self._load_imagenet()
+            self._load_pretrained()
 
-    def _load_imagenet(self) -> None:
+    def _load_pretrained(self) -> None:
+        """Pre-trained weights (``model.pretrained_weights``) into the encoders the config names."""
         m = self.config.model
         if not (m.vision_pretrained or (m.flow_pretrained and self.flownet is not None)):
             return
-        if m.width != IMAGENET_WIDTH:
-            raise HearflowError(
-                f"ImageNet weights exist only for model.width {IMAGENET_WIDTH}, not {m.width}; set "
-                "model.vision_pretrained=false and model.flow_pretrained=false (or --no-pretrained)"
-            )
-        weights = imagenet_state_dict()
+        if m.pretrained_weights == "imagenet":
+            if m.width != IMAGENET_WIDTH:
+                raise HearflowError(
+                    f"ImageNet weights exist only for model.width {IMAGENET_WIDTH}, not {m.width}; set "
+                    "model.vision_pretrained=false and model.flow_pretrained=false (or --no-pretrained)"
+                )
+            weights = imagenet_state_dict()
+        else:
+            from hearflow.pretrain import load_encoder_weights
+
+            weights = load_encoder_weights(m.pretrained_weights, m.width)
         if m.vision_pretrained:
-            load_imagenet(self.imgnet, weights)
+            load_trunk_weights(self.imgnet, weights)
         if m.flow_pretrained and self.flownet is not None:
-            load_imagenet(self.flownet, weights, conv1_init=m.flow_conv1_init)
+            load_trunk_weights(self.flownet, weights, conv1_init=m.flow_conv1_init)
 
     def visual_map(self, image: torch.Tensor, flow: torch.Tensor | None) -> torch.Tensor:
         """The visual map plus the flow prior, L2-normalised per position: ``B x 8w x h x w``."""
