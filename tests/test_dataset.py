@@ -60,6 +60,19 @@ def test_train_augmentation_depends_on_seed_epoch_and_index_only(synth_set):
     assert torch.equal(batch["flow"], torch.stack([item["flow"] for item in first]))
 
 
+def test_sample_order_does_not_depend_on_the_manifest_row_order(synth_set, tmp_path):
+    """Workers finish in any order, so manifest rows come in any order; the dataset (and
+    so the seeded shuffling and augmentation of training) must not follow it."""
+    copy = tmp_path / "prepared"
+    shutil.copytree(synth_set.prepared, copy)
+    lines = (copy / "manifest.csv").read_text().splitlines(keepends=True)
+    (copy / "manifest.csv").write_text(lines[0] + "".join(reversed(lines[1:])))
+    original = PreparedDataset(synth_set.prepared, small_config(), train=True)
+    shuffled = PreparedDataset(copy, small_config(), train=True)
+    assert shuffled.ids == original.ids == sorted(original.ids)
+    assert torch.equal(shuffled[5]["image"], original[5]["image"])
+
+
 def test_train_crops_and_flips_image_and_flow_together(synth_set):
     config = small_config()
     dataset = PreparedDataset(synth_set.prepared, config, train=True)

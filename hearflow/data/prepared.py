@@ -250,8 +250,9 @@ def _read_image(path: Path, sample_id: str, flags: int) -> np.ndarray:
 class PreparedFolder:
     """A prepared folder in hearflow's layout or the released one (detected).
 
-    ``ids`` lists the samples (manifest order for hearflow's layout, sorted frame
-    names for the released one); ``read(id)`` loads one; ``rows[id]`` is its
+    ``ids`` lists the samples, sorted (not in manifest order, which follows the order
+    in which `hearflow prepare`'s workers finished: the same folder prepared twice
+    must train the same way); ``read(id)`` loads one; ``rows[id]`` is its
     manifest row (hearflow's layout only); ``recipe`` is ``prepare.json`` (or {}).
     """
 
@@ -267,7 +268,7 @@ class PreparedFolder:
                 _, rows, _ = _read_csv(manifest, MANIFEST_COLUMNS)
                 for row in rows:
                     self.rows.setdefault(row["id"], row)
-            self.ids = list(self.rows)
+            self.ids = sorted(self.rows)
             recipe = self.path / "prepare.json"
             self.recipe = json.loads(recipe.read_text()) if recipe.is_file() else {}
         elif (self.path / "frames").is_dir() and (self.path / "flow" / "flow_x").is_dir():
