@@ -281,18 +281,26 @@ def study_summary(out: Path) -> dict[str, Any]:
     """Mean and standard deviation over seeds of every stored (setting, row) result.
 
     ``{setting: {row: {"seeds": [...], "mean_ciou": [mean, std], "pick_rate": [...],
-    "ciou_at_0_5": [...], "twins": {...}, "source_moves": {...}}}}``; rows with no stored
-    seed are absent.
+    "ciou_at_0_5": [...], "vs_lvs": [mean, std], "twins": {...}, "source_moves": {...}}}}``;
+    ``vs_lvs`` is the row's mean cIoU minus the lvs row's on the same seed, over the
+    seeds both have (absent when they share none); rows with no stored seed are absent.
     """
     summary: dict[str, Any] = {}
     for setting in STUDY_SETTINGS:
+        per_seed_lvs = {}
         for row in STUDY_ROWS:
             files = sorted((out / setting / "rows" / row.name).glob("seed*.json"))
             if not files:
                 continue
             results = [json.loads(path.read_text()) for path in files]
-            entry = {"seeds": [int(path.stem[4:]) for path in files]}
+            seeds = [int(path.stem[4:]) for path in files]
+            entry = {"seeds": seeds}
             entry.update(_spread(results))
+            if row.name == STUDY_ROWS[0].name:
+                per_seed_lvs = {seed: result["mean_ciou"] for seed, result in zip(seeds, results)}
+            gaps = [result["mean_ciou"] - per_seed_lvs[seed] for seed, result in zip(seeds, results) if seed in per_seed_lvs]
+            if gaps:
+                entry["vs_lvs"] = [round(float(np.mean(gaps)), 4), round(float(np.std(gaps)), 4)]
             for subset in ("twins", "source_moves"):
                 parts = [result["subsets"][subset] for result in results if subset in result["subsets"]]
                 if len(parts) == len(results):
@@ -312,7 +320,8 @@ def _spread(results: list[dict[str, Any]]) -> dict[str, list[float]]:
 def study_markdown(summary: dict[str, Any]) -> str:
     """The study's table per setting: mean +- std over seeds; rows not run say so.
 
-    "vs lvs" is the row's mean cIoU minus the lvs row's (same setting, seeds and data).
+    "vs lvs" is the row's mean cIoU minus the lvs row's, seed by seed (same setting and
+    data), averaged over the seeds both rows have. With one seed there is no spread.
     """
     lines = []
     for setting, knobs in STUDY_SETTINGS.items():
@@ -320,25 +329,26 @@ def study_markdown(summary: dict[str, Any]) -> str:
         lines.append("| row | seeds | mean cIoU | vs lvs | pick rate | cIoU@0.5 | twins: mean cIoU / pick "
                      "| moving source: mean cIoU / pick |")
         lines.append("|---|---|---|---|---|---|---|---|")
-        reference = summary.get(setting, {}).get(STUDY_ROWS[0].name)
         for row in STUDY_ROWS:
             entry = summary.get(setting, {}).get(row.name)
             if entry is None:
                 lines.append(f"| {row.name}: {row.description} | not run | | | | | | |")
                 continue
-            versus = f"{entry['mean_ciou'][0] - reference['mean_ciou'][0]:+.3f}" if reference else "-"
-            cells = [_pm(entry["mean_ciou"]), versus, _pm(entry["pick_rate"]), _pm(entry["ciou_at_0_5"])]
+            single = len(entry["seeds"]) == 1
+            versus = _pm(entry["vs_lvs"], single, "+.3f") if "vs_lvs" in entry else "-"
+            cells = [_pm(entry["mean_ciou"], single), versus, _pm(entry["pick_rate"], single),
+                     _pm(entry["ciou_at_0_5"], single)]
             for subset in ("twins", "source_moves"):
                 part = entry.get(subset)
-                cells.append(f"{_pm(part['mean_ciou'])} / {_pm(part['pick_rate'])}" if part else "-")
+                cells.append(f"{_pm(part['mean_ciou'], single)} / {_pm(part['pick_rate'], single)}" if part else "-")
             seeds = ",".join(map(str, entry["seeds"]))
             lines.append(f"| {row.name}: {row.description} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def _pm(pair: list[float]) -> str:
-    return f"{pair[0]:.3f} ± {pair[1]:.3f}"
+def _pm(pair: list[float], single: bool = False, form: str = ".3f") -> str:
+    return f"{pair[0]:{form}}" if single else f"{pair[0]:{form}} ± {pair[1]:.3f}"
 
 
 def make_data(

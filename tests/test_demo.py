@@ -156,6 +156,19 @@ def test_study_summary_gives_mean_and_spread_and_lists_rows_not_run(tmp_path):
     assert "hard" in table and summary.get("hard") is None
 
 
+def test_study_compares_a_row_with_lvs_on_the_seeds_both_have(tmp_path):
+    for row, values in (("lvs", {0: 0.40, 1: 0.60}), ("spatial-resnet18", {1: 0.65})):
+        folder = tmp_path / "default" / "rows" / row
+        folder.mkdir(parents=True)
+        for seed, value in values.items():
+            result = {"mean_ciou": value, "pick_rate": 1.0, "ciou_at_0_5": 0.5, "subsets": {}}
+            (folder / f"seed{seed}.json").write_text(json.dumps(result))
+    summary = study_summary(tmp_path)
+    assert summary["default"]["spatial-resnet18"]["vs_lvs"] == [0.05, 0.0]  # seed 1 only, not 0.65 - 0.50
+    line = next(l for l in study_markdown(summary).splitlines() if l.startswith("| spatial-resnet18: "))
+    assert "| 1 | 0.650 | +0.050 | 1.000 | 0.500 |" in line  # one seed: no spread shown
+
+
 def test_a_frozen_pretrained_study_row_keeps_the_classifier_weights(tmp_path, monkeypatch):
     """Table 4 c on a tiny run: the row pre-trains once per seed, starts vision from that
     classifier and, frozen, ends training with exactly its weights (BatchNorm included)."""
