@@ -15,6 +15,7 @@
 
     python3 bench/localize.py                    # the issue's numbers (about 10 min on 2 cores)
     python3 bench/localize.py --seconds 5 --long-seconds 60   # a quick look
+    python3 bench/localize.py --device cuda      # model on a GPU (the issue's goal is on CPU)
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def make_clip(folder: Path, seconds: float) -> Path:
     return folder / "videos" / f"{record['id']}.mp4"
 
 
-def run_localize(clip: Path, checkpoint: Path, out: Path, every: float, batch_size: int) -> tuple[float, float]:
+def run_localize(clip: Path, checkpoint: Path, out: Path, every: float, batch_size: int,
+                 device: str = "cpu") -> tuple[float, float]:
     """(wall seconds, peak RSS MiB) of one `hearflow localize` command in a subprocess."""
     command = [sys.executable, "-c", RUN, "localize", str(clip), "--checkpoint", str(checkpoint),
-               "--out", str(out), "--every", repr(every), "--batch-size", str(batch_size), "--device", "cpu"]
+               "--out", str(out), "--every", repr(every), "--batch-size", str(batch_size), "--device", device]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -65,24 +67,26 @@ def run_localize(clip: Path, checkpoint: Path, out: Path, every: float, batch_si
     return wall, peak_kb / 1024
 
 
-def model_only(model: torch.nn.Module, steps: int, batch_size: int) -> float:
-    """Seconds for the forward passes over `steps` pre-made inputs in batches of `batch_size`."""
+def model_only(model: torch.nn.Module, steps: int, batch_size: int, device: str = "cpu") -> float:
+    """Seconds for the forward passes over `steps` pre-made inputs (already on `device`) in
+    batches of `batch_size`, each map brought back to the CPU as localize does."""
     config = model.config
     size = config.data.image_size
     frames = int(round(config.data.seconds * config.data.sample_rate))
     spec_frames = (frames - config.data.noverlap) // (config.data.nperseg - config.data.noverlap)
     generator = torch.Generator().manual_seed(0)
-    batch = (
+    batch = tuple(tensor.to(device) for tensor in (
         torch.randn(batch_size, 3, size, size, generator=generator),
         torch.randn(batch_size, 2, size, size, generator=generator),
         torch.randn(batch_size, 1, config.data.nperseg // 2 + 1, spec_frames, generator=generator),
-    )
+    ))
+    model = model.to(device)
     with torch.no_grad():
         model(*(x[:1] for x in batch))  # warm-up
         start = time.perf_counter()
         for first in range(0, steps, batch_size):
             count = min(batch_size, steps - first)
-            model(*(x[:count] for x in batch)).similarity.numpy()
+            model(*(x[:count] for x in batch)).similarity.float().cpu().numpy()
         return time.perf_counter() - start
 
 
@@ -128,6 +132,7 @@ def main() -> None:
     parser.add_argument("--long-seconds", type=float, default=300.0, help="length of the long memory clip (default 300)")
     parser.add_argument("--preset", default="htf", help="model preset (random weights; default htf)")
     parser.add_argument("--batch-size", type=int, default=16, help="steps per forward pass (default 16)")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu (the issue's goal) or cuda")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -140,12 +145,13 @@ def main() -> None:
         n_frames = int(round(args.seconds * FPS))
         steps = n_frames - 1  # every frame but the last has a next frame
         print(f"clip: {args.seconds:g} s, {WIDTH}x{HEIGHT}, {FPS} fps ({n_frames} frames, {steps} steps); "
-              f"model: {args.preset}, batch {args.batch_size}, {torch.get_num_threads()} torch threads", flush=True)
+              f"model: {args.preset}, batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
+              f"device {args.device}", flush=True)
 
         half = math.ceil(steps / 2 / args.batch_size) * args.batch_size
-        before = model_only(model, half, args.batch_size)  # the machine's load may drift:
-        wall, peak = run_localize(clip, checkpoint, folder / "out", 1 / FPS, args.batch_size)
-        after = model_only(model, steps - half, args.batch_size)  # half the inputs before, half after
+        before = model_only(model, half, args.batch_size, args.device)  # the machine's load may drift:
+        wall, peak = run_localize(clip, checkpoint, folder / "out", 1 / FPS, args.batch_size, args.device)
+        after = model_only(model, steps - half, args.batch_size, args.device)  # half before, half after
         reference = before + after
         end_to_end_fps = n_frames / wall
         model_fps = steps / reference
@@ -160,8 +166,8 @@ def main() -> None:
             print(f"  {name:33s} {seconds:6.1f} s  ({1000 * seconds / n_frames:5.1f} ms/frame)")
 
         long_clip = make_clip(folder / "long", args.long_seconds)
-        _, short_peak = run_localize(clip, checkpoint, folder / "out_short", 0.5, args.batch_size)
-        _, long_peak = run_localize(long_clip, checkpoint, folder / "out_long", 0.5, args.batch_size)
+        _, short_peak = run_localize(clip, checkpoint, folder / "out_short", 0.5, args.batch_size, args.device)
+        _, long_peak = run_localize(long_clip, checkpoint, folder / "out_long", 0.5, args.batch_size, args.device)
         print(f"peak RSS with --every 0.5: {args.seconds:g}-s clip {short_peak:.0f} MiB, "
               f"{args.long_seconds:g}-s clip {long_peak:.0f} MiB ({long_peak / short_peak:.3f}x; goal within 10 %)")
 
