@@ -308,6 +308,9 @@ def _add_localize(commands) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--flow-fusion", type=float, metavar="ALPHA",
                         help="late fusion: scale maps by 1 + ALPHA * flow magnitude (sets model.flow_fusion)")
+    parser.add_argument("--input-threads", type=int, metavar="N",
+                        help="threads making the model inputs (flow, resizes, spectrogram) side by side; "
+                        "default: all cores but one when the model runs on a GPU, 1 on the CPU")
     parser.set_defaults(run=_run_localize)
 
 
@@ -316,7 +319,8 @@ def _run_localize(args) -> int:
 
     localize_videos(args.videos, args.checkpoint, args.out, every=args.every, key_frame_only=args.key_frame,
                     video=not args.no_video, png=args.png, allow_silent=args.allow_silent,
-                    batch_size=args.batch_size, device=args.device, flow_fusion=args.flow_fusion)
+                    batch_size=args.batch_size, device=args.device, flow_fusion=args.flow_fusion,
+                    input_threads=args.input_threads)
     return 0
 
 

@@ -22,7 +22,9 @@ evaluation: `hearflow.media.flow.aggregate_flow` at ``data.flow_size`` with
 `hearflow.data.transforms.image_flow_tensors` (test transform) and `spectrogram`.
 
 Videos are streamed: a background thread decodes the frames once, in order, and
-makes the steps' inputs while the model runs on the previous batch; overlay frames
+makes the steps' inputs (with ``input_threads`` threads side by side: all cores but
+one when the model runs on a GPU, where the inputs are the whole cost) while the
+model runs on the previous batch; overlay frames
 wait in a bounded buffer only until their step's map is known and then go straight
 to the encoder; the JSON is written as steps arrive; each audio window is read with
 one seek. Memory does not grow with the video's length.
@@ -37,6 +39,7 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +130,11 @@ class Localizer:
     device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``; batch_size: steps
     per forward pass; flow_fusion: when given, sets ``model.config.model.flow_fusion``
     (late fusion: maps scaled by 1 + alpha * flow magnitude); checkpoint: the file the
-    model came from, recorded in the JSON output (`from_checkpoint` sets it).
+    model came from, recorded in the JSON output (`from_checkpoint` sets it);
+    input_threads: threads that make the model inputs of a video's steps (flow,
+    resizes, spectrogram) side by side; None = one per CPU core but one when the model
+    runs on a GPU (the inputs are then the whole cost), one when it runs on the CPU
+    (whose cores the model needs). The results do not depend on it.
     """
 
     def __init__(
@@ -137,14 +144,20 @@ class Localizer:
         batch_size: int = DEFAULT_BATCH_SIZE,
         flow_fusion: float | None = None,
         checkpoint: str | None = None,
+        input_threads: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise HearflowError(f"batch size must be at least 1, got {batch_size}")
+        if input_threads is not None and input_threads < 1:
+            raise HearflowError(f"input threads must be at least 1, got {input_threads}")
         if flow_fusion is not None:
             if not flow_fusion >= 0:
                 raise HearflowError(f"--flow-fusion must be a non-negative weight, got {flow_fusion}")
             model.config.model.flow_fusion = float(flow_fusion)
         self.device = resolve_device(device)
+        if input_threads is None:
+            input_threads = max(1, (os.cpu_count() or 1) - 1) if self.device.type == "cuda" else 1
+        self.input_threads = int(input_threads)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.batch_size = int(batch_size)
@@ -282,8 +295,18 @@ class _VideoRun:
         self.pairs = localizer.config.data.flow_pairs if localizer.uses_flow else 1
         budget = FRAME_BUFFER_BYTES // max(info.width * info.height * 3, 1)
         self.held_limit = max(self.pairs + 2, min(2 * localizer.batch_size, budget))
+        self.pool: ThreadPoolExecutor | None = None  # input threads, while iterating
 
     def __iter__(self):
+        threads = self.localizer.input_threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="hearflow-inputs") if threads > 1 else None
+        try:
+            yield from self._run()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self):
         chunks = self._key_frame_chunks() if self.key_frame_only else self._chunks()
         current = None  # the latest computed step
         early = []  # frames before the first step, shown with the first step's heatmap
@@ -380,11 +403,18 @@ class _VideoRun:
         return self._inputs(index, time_s, frames, index - first)
 
     def _inputs(self, index, time_s, frames, key):
+        """(index, time_s, inputs), the inputs being made in the pool when there is one.
+
+        The audio window is read here, in order: the video file is not shared between threads.
+        """
         audio = self.localizer.audio_window(self.video, time_s)
-        return index, time_s, self.localizer.inputs(frames, key, audio)
+        if self.pool is None:
+            return index, time_s, self.localizer.inputs(frames, key, audio)
+        return index, time_s, self.pool.submit(self.localizer.inputs, frames, key, audio)
 
     def _steps(self, prepared) -> list[LocalizationStep]:
-        maps = self.localizer.similarity([inputs for _, _, inputs in prepared])
+        batch = [inputs.result() if isinstance(inputs, Future) else inputs for _, _, inputs in prepared]
+        maps = self.localizer.similarity(batch)
         width, height = self.info.width, self.info.height
         return [make_step(m, width, height, t, i) for (i, t, _), m in zip(prepared, maps)]
 
@@ -558,6 +588,7 @@ def localize_videos(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
     flow_fusion: float | None = None,
+    input_threads: int | None = None,
 ) -> list[dict[str, Path]]:
     """`hearflow localize`: `localize_video` for each input with one model.
 
@@ -565,7 +596,8 @@ def localize_videos(
     processed; at the end a HearflowError lists the failures (non-zero exit).
     """
     check_step_options(every, key_frame_only)
-    localizer = Localizer.from_checkpoint(checkpoint, device, batch_size=batch_size, flow_fusion=flow_fusion)
+    localizer = Localizer.from_checkpoint(checkpoint, device, batch_size=batch_size, flow_fusion=flow_fusion,
+                                          input_threads=input_threads)
     written, failed, stems = [], [], {}
     for path in tqdm(videos, unit="video", desc="localize", file=sys.stderr, disable=len(videos) < 2):
         stem = Path(path).stem

@@ -295,6 +295,26 @@ def test_leaving_the_iteration_early_stops_the_reader_thread(clip):
     assert not [t for t in threading.enumerate() if t.name == "hearflow-localize-inputs"]
 
 
+def test_input_threads_change_nothing_but_speed(checkpoint, clip):
+    """Flow, resizes and spectrograms made by 3 threads side by side: the same steps, in order."""
+    from hearflow.checkpoint import load
+
+    model = load(checkpoint)
+    one = list(Localizer(model, device="cpu", batch_size=4, input_threads=1).localize(clip))
+    three = list(Localizer(model, device="cpu", batch_size=4, input_threads=3).localize(clip))
+    assert [s.frame for s in three] == [s.frame for s in one] == list(range(len(one)))
+    for a, b in zip(one, three):
+        assert np.array_equal(a.similarity, b.similarity) and a.peak_xy == b.peak_xy and a.box == b.box
+    assert not [t for t in threading.enumerate() if t.name.startswith("hearflow-inputs")]
+    steps = Localizer(model, device="cpu", batch_size=2, input_threads=2).localize(clip)
+    next(steps)
+    steps.close()  # leaving early stops the pool too
+    assert not [t for t in threading.enumerate() if t.name.startswith("hearflow-inputs")]
+    assert Localizer(model, device="cpu").input_threads == 1  # the model needs the CPU's cores
+    with pytest.raises(HearflowError, match="at least 1"):
+        Localizer(model, device="cpu", input_threads=0)
+
+
 def test_each_bad_input_gets_one_error_line_and_the_rest_is_processed(tmp_path, checkpoint, clip, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
