@@ -276,7 +276,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # work) and flow at the videos' own size. demo-htf's prior is the variant the flow-prior
 # study recommends (README, "What the flow prior does: a study on synthetic data").
 PRESETS["demo-lvs"] = {**PRESETS["cpu-small"], "model.prior": "none", "data.sample_rate": 8000, "data.flow_size": 0}
-PRESETS["demo-htf"] = {**PRESETS["demo-lvs"], "model.prior": "channel", "model.flow_encoder": "maxpool"}
+PRESETS["demo-htf"] = {**PRESETS["demo-lvs"], "model.prior": "spatial", "model.flow_encoder": "resnet18",
+                       "model.prior_gate": True}
 
 
 def preset_names() -> list[str]:

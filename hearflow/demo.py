@@ -160,35 +160,42 @@ STUDY_SETTINGS = {
     "default": {},
     "hard": {"twins": 0.3, "classes": 32},
 }
-_PRETRAINED_FLOW = (("model.flow_encoder", "resnet18"), ("model.vision_pretrained", True),
-                    ("model.flow_pretrained", True), ("model.flow_conv1_init", "rgb-mean"))
+# Every trained row is demo-lvs (the demo's CPU model without a prior) plus its own
+# fields, so a row means the same whatever the demo's HTF preset is.
+_CHANNEL = (("model.prior", "channel"),)
+_SPATIAL = (("model.prior", "spatial"),)
+_MAXPOOL = (("model.flow_encoder", "maxpool"),)
+_RESNET18 = (("model.flow_encoder", "resnet18"),)
+_GATE = (("model.prior_gate", True),)
+_PRETRAINED_FLOW = _CHANNEL + _RESNET18 + (("model.vision_pretrained", True), ("model.flow_pretrained", True),
+                                           ("model.flow_conv1_init", "rgb-mean"))
+_FROZEN = (("model.vision_frozen", True),)
 STUDY_ROWS = (
     StudyRow("lvs", "no flow prior (Table 4 a)", "demo-lvs"),
-    StudyRow("channel-maxpool", "channel prior, max-pool flow encoder (Table 5 a)", "demo-htf"),
+    StudyRow("channel-maxpool", "channel prior, max-pool flow encoder (Table 5 a)", "demo-lvs", _CHANNEL + _MAXPOOL),
     StudyRow("late-fusion", "LVS map x (1 + flow magnitude), no training", method=LATE_FUSION),
     StudyRow("flow-only", "flow magnitude alone, no training", method=FLOW_ONLY),
     StudyRow("center", "centre box, no training", method=CENTER),
-    StudyRow("channel-resnet18", "channel prior, ResNet-18 flow encoder (Table 4 d, 5 b)", "demo-htf",
-             (("model.flow_encoder", "resnet18"),)),
-    StudyRow("spatial-resnet18", "spatial prior (released code), ResNet-18 flow encoder", "demo-htf",
-             (("model.prior", "spatial"), ("model.flow_encoder", "resnet18"))),
-    StudyRow("spatial-resnet18-gated", "spatial prior with the gate (gamma = 0 at start)", "demo-htf",
-             (("model.prior", "spatial"), ("model.flow_encoder", "resnet18"), ("model.prior_gate", True))),
-    StudyRow("channel-maxpool-gated", "channel prior, max-pool, with the gate", "demo-htf",
-             (("model.prior_gate", True),)),
+    StudyRow("channel-resnet18", "channel prior, ResNet-18 flow encoder (Table 4 d, 5 b)", "demo-lvs",
+             _CHANNEL + _RESNET18),
+    StudyRow("spatial-resnet18", "spatial prior (released code), ResNet-18 flow encoder", "demo-lvs",
+             _SPATIAL + _RESNET18),
+    StudyRow("spatial-resnet18-gated", "spatial prior with the gate (gamma = 0 at start; `demo-htf`)", "demo-lvs",
+             _SPATIAL + _RESNET18 + _GATE),
+    StudyRow("channel-maxpool-gated", "channel prior, max-pool, with the gate", "demo-lvs",
+             _CHANNEL + _MAXPOOL + _GATE),
     # Table 4's pre-trained rows: vision (and the ResNet-18 flow trunk) from a classifier
     # pre-trained on single-object images of other classes; rgb-mean vs random flow conv1.
     StudyRow("lvs-pretrained", "no flow prior, vision pre-trained (Table 4 b)", "demo-lvs",
              (("model.vision_pretrained", True),), pretrain=True),
     StudyRow("lvs-frozen", "no flow prior, vision pre-trained and frozen (Table 4 c)", "demo-lvs",
-             (("model.vision_pretrained", True), ("model.vision_frozen", True)), pretrain=True),
-    StudyRow("channel-resnet18-pretrained", "channel prior, ResNet-18 flow, pre-trained (Table 4 e)", "demo-htf",
+             (("model.vision_pretrained", True),) + _FROZEN, pretrain=True),
+    StudyRow("channel-resnet18-pretrained", "channel prior, ResNet-18 flow, pre-trained (Table 4 e)", "demo-lvs",
              _PRETRAINED_FLOW, pretrain=True),
     StudyRow("channel-resnet18-frozen", "channel prior, ResNet-18 flow, pre-trained, vision frozen (Table 4 f)",
-             "demo-htf", _PRETRAINED_FLOW + (("model.vision_frozen", True),), pretrain=True),
+             "demo-lvs", _PRETRAINED_FLOW + _FROZEN, pretrain=True),
     StudyRow("channel-resnet18-frozen-random-conv1", "as Table 4 f with a random flow conv1 instead of rgb-mean",
-             "demo-htf", _PRETRAINED_FLOW + (("model.vision_frozen", True), ("model.flow_conv1_init", "random")),
-             pretrain=True),
+             "demo-lvs", _PRETRAINED_FLOW + _FROZEN + (("model.flow_conv1_init", "random"),), pretrain=True),
 )
 
 
