@@ -17,13 +17,14 @@ as the released code does).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from math import gcd
 from pathlib import Path
 
 import av
 import numpy as np
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 from hearflow.errors import HearflowError
 from hearflow.media.video import VideoFile, _open
@@ -33,14 +34,28 @@ MARGIN_S = 0.05  # extra audio on each side of the window, so resampling has no 
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Resample along the first axis (n or n x channels) with a polyphase filter; float32 out."""
+    """Resample along the first axis (n or n x channels) with a polyphase filter; float32 out.
+
+    ``scipy.signal.resample_poly`` with its default Kaiser (beta 5) low-pass, whose taps
+    are designed once per rate pair instead of at every call.
+    """
     audio = np.asarray(audio, dtype=np.float32)
     if from_rate <= 0 or to_rate <= 0:
         raise HearflowError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
     if from_rate == to_rate:
         return audio
     common = gcd(int(from_rate), int(to_rate))
-    return resample_poly(audio, int(to_rate) // common, int(from_rate) // common, axis=0).astype(np.float32)
+    up, down = int(to_rate) // common, int(from_rate) // common
+    return resample_poly(audio, up, down, axis=0, window=_lowpass(up, down)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def _lowpass(up: int, down: int) -> np.ndarray:
+    """The taps resample_poly designs for float32 input: firwin(20 max + 1, 1 / max), Kaiser 5."""
+    rate = max(up, down)
+    taps = firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0)).astype(np.float32)
+    taps.flags.writeable = False  # resample_poly copies it before scaling
+    return taps
 
 
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
