@@ -13,7 +13,7 @@ flow encoder (conv1 as ``model.flow_conv1_init`` says), from them.
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +23,11 @@ from torch import nn
 from tqdm import tqdm
 
 from hearflow.config import Config
+from hearflow.data.prepared import write_atomic
 from hearflow.data.transforms import image_flow_tensors
 from hearflow.errors import HearflowError
-from hearflow.model.encoders import ImageEncoder
+from hearflow.model.encoders import ENCODER_WEIGHTS_FORMAT, ImageEncoder
 from hearflow.synth import MAX_CLASSES, SynthSettings, render_object_image
-
-WEIGHTS_FORMAT = "hearflow-encoder-weights"
-
 
 def pretraining_classes(benchmark_classes: int) -> range:
     """The classes to pre-train on: the next ``benchmark_classes`` after the benchmark's own.
@@ -51,7 +49,6 @@ def object_images(
     Labels cycle through the classes, so every class has ``count / len(classes)`` images
     (rounded); image i is `render_object_image` (seed, i) of its class.
     """
-    classes = range(classes.start, classes.stop)
     needed = dataclasses.replace(settings, classes=max(settings.classes, classes.stop))
     labels = np.arange(count, dtype=np.int64) % len(classes)
     images = np.stack([render_object_image(needed, seed, i, classes[label]) for i, label in enumerate(labels)])
@@ -114,30 +111,14 @@ def pretrain_image_encoder(
 
 
 def save_encoder_weights(path: str | Path, state: dict[str, torch.Tensor], width: int, **info) -> None:
-    """Write trunk weights (ResNet-18 key names, no ``fc``) for ``model.pretrained_weights``, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": WEIGHTS_FORMAT, "width": int(width), "state_dict": state, "info": info}, tmp)
-    os.replace(tmp, path)
+    """Write trunk weights (ResNet-18 key names, no ``fc``) for ``model.pretrained_weights``, atomically.
 
-
-def load_encoder_weights(path: str | Path, width: int) -> dict[str, torch.Tensor]:
-    """Trunk weights written by `save_encoder_weights`, checked against the model's ``width``."""
-    path = Path(path)
-    if not path.is_file():
-        raise HearflowError(f"model.pretrained_weights: {path} does not exist (use 'imagenet' or a file "
-                            "written by hearflow.pretrain.save_encoder_weights)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unreadable file: say which and why
-        raise HearflowError(f"model.pretrained_weights: cannot read {path}: {error}") from None
-    if not isinstance(saved, dict) or saved.get("format") != WEIGHTS_FORMAT:
-        raise HearflowError(f"model.pretrained_weights: {path} is not a file of encoder weights written by hearflow")
-    if saved["width"] != width:
-        raise HearflowError(f"model.pretrained_weights: {path} holds a trunk of width {saved['width']}, "
-                            f"the model has model.width {width}")
-    return saved["state_dict"]
+    `hearflow.model.encoders.encoder_weights_state_dict` reads them back.
+    """
+    buffer = io.BytesIO()
+    torch.save({"format": ENCODER_WEIGHTS_FORMAT, "width": int(width), "state_dict": state, "info": info}, buffer)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buffer.getvalue())
 
 
 def make_pretrained_weights(

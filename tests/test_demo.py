@@ -177,6 +177,7 @@ def test_a_frozen_pretrained_study_row_keeps_the_classifier_weights(tmp_path, mo
     import hearflow.demo as demo
     import hearflow.pretrain as pretrain
     from hearflow.checkpoint import load
+    from hearflow.model.encoders import encoder_weights_state_dict
 
     torch.set_num_threads(1)
     monkeypatch.setitem(demo.SIZES, "quick", demo.DemoSize(train_clips=64, test_clips=8, epochs=1))
@@ -185,7 +186,7 @@ def test_a_frozen_pretrained_study_row_keeps_the_classifier_weights(tmp_path, mo
     demo.run_study(tmp_path, rows=["lvs-frozen"], seeds=(0,), settings=["default"], quick=True, workers=1,
                    progress=False)
     data_dir = tmp_path / "default" / "data-seed0"
-    weights = pretrain.load_encoder_weights(data_dir / "vision-classifier.pt", 16)
+    weights = encoder_weights_state_dict(data_dir / "vision-classifier.pt", 16)
     model = load(data_dir / "runs" / "lvs-frozen" / "last.pt")
     assert model.config.model.pretrained_weights == str(data_dir / "vision-classifier.pt")
     for name, value in model.imgnet.state_dict().items():

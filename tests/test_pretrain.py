@@ -9,8 +9,8 @@ import torch
 from hearflow import build_model
 from hearflow.config import preset_config
 from hearflow.errors import HearflowError
+from hearflow.model.encoders import encoder_weights_state_dict
 from hearflow.pretrain import (
-    load_encoder_weights,
     make_pretrained_weights,
     object_images,
     pretrain_image_encoder,
@@ -116,11 +116,11 @@ def test_bad_pretrained_weights_files_are_clear_errors(tmp_path):
     other = tmp_path / "other.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, other)
     with pytest.raises(HearflowError, match="not a file of encoder weights"):
-        load_encoder_weights(other, 16)
+        encoder_weights_state_dict(other, 16)
     wide = tmp_path / "wide.pt"
     save_encoder_weights(wide, build_model("cpu-small", width=32).imgnet.state_dict(), 32)
     with pytest.raises(HearflowError, match="width 32, the model has model.width 16"):
-        load_encoder_weights(wide, 16)
+        encoder_weights_state_dict(wide, 16)
 
 
 def test_make_pretrained_weights_is_made_once(tmp_path, monkeypatch):
@@ -143,4 +143,4 @@ def test_make_pretrained_weights_is_made_once(tmp_path, monkeypatch):
     assert calls == [(48, 1002, range(16, 32))]
     make_pretrained_weights(path, config, 16, seed=2, images_per_class=3, progress=False)
     assert len(calls) == 1
-    assert load_encoder_weights(path, 16).keys() == build_model(config=config).imgnet.state_dict().keys()
+    assert encoder_weights_state_dict(path, 16).keys() == build_model(config=config).imgnet.state_dict().keys()

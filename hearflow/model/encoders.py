@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
@@ -113,6 +114,31 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
             f"model.flow_pretrained=false) or download that file and place it at {imagenet_weights_file()}"
         ) from error
     return {name: tensor for name, tensor in state.items() if not name.startswith("fc.")}
+
+
+ENCODER_WEIGHTS_FORMAT = "hearflow-encoder-weights"  # files of `hearflow.pretrain.save_encoder_weights`
+
+
+def encoder_weights_state_dict(path: str | Path, width: int) -> dict[str, torch.Tensor]:
+    """Trunk weights from a ``model.pretrained_weights`` file, checked against the model's ``width``.
+
+    Raises HearflowError naming the file when it is missing, unreadable, not such a
+    file, or holds a trunk of another width.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HearflowError(f"model.pretrained_weights: {path} does not exist (use 'imagenet' or a file "
+                            "written by hearflow.pretrain.save_encoder_weights)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file: say which and why
+        raise HearflowError(f"model.pretrained_weights: cannot read {path}: {error}") from None
+    if not isinstance(saved, dict) or saved.get("format") != ENCODER_WEIGHTS_FORMAT:
+        raise HearflowError(f"model.pretrained_weights: {path} is not a file of encoder weights written by hearflow")
+    if saved["width"] != width:
+        raise HearflowError(f"model.pretrained_weights: {path} holds a trunk of width {saved['width']}, "
+                            f"the model has model.width {width}")
+    return saved["state_dict"]
 
 
 def load_trunk_weights(trunk: ResNetTrunk, weights: dict[str, torch.Tensor], conv1_init: str | None = None) -> None:

@@ -18,6 +18,7 @@ from hearflow.model.encoders import (
     IMAGENET_WIDTH,
     AudioEncoder,
     ImageEncoder,
+    encoder_weights_state_dict,
     flow_encoder,
     imagenet_state_dict,
     load_trunk_weights,
@@ -77,9 +78,7 @@ class HTF(nn.Module):
                 )
             weights = imagenet_state_dict()
         else:
-            from hearflow.pretrain import load_encoder_weights
-
-            weights = load_encoder_weights(m.pretrained_weights, m.width)
+            weights = encoder_weights_state_dict(m.pretrained_weights, m.width)
         if m.vision_pretrained:
             load_trunk_weights(self.imgnet, weights)
         if m.flow_pretrained and self.flownet is not None:
