@@ -9,7 +9,8 @@ same run, one thread per worker:
   seek decodes from the preceding keyframe), Farnebäck flow at full resolution,
   the whole audio track decoded and resampled to 22,050 Hz, the 3-s window cut out,
   and the flow written as two 8-bit JPEGs;
-- hearflow prepare with 1 worker (Farnebäck and DIS) and with 2 workers.
+- hearflow prepare with 1 worker (Farnebäck and DIS) and with 2 workers;
+- for information, where hearflow's per-video time goes (DIS), step by step.
 
 Goals (issue 3): >= 2x the released recipe with 1 worker and Farnebäck, >= 3x with
 DIS, >= 1.8x from 1 to 2 workers, < 500 MB resident per worker. Each configuration
@@ -146,6 +147,34 @@ def run_in_process(videos: list[Path], work: Path, method: str) -> tuple[float, 
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def hearflow_stages(videos: list[Path], work: Path, method: str) -> dict[str, float]:
+    """CPU ms per clip of each step of `prepare_video`, the same calls made one by one."""
+    from hearflow.data.prepared import write_sample
+    from hearflow.media.audio import read_audio_window
+    from hearflow.media.flow import aggregate_flow
+    from hearflow.media.video import VideoFile, key_frame_index
+
+    out = work / f"stages-{method}"
+    shutil.rmtree(out, ignore_errors=True)
+    spent = dict.fromkeys(["open + demux", "audio window", "decode frame pair", "flow", "write"], 0.0)
+
+    def timed(stage, function, *arguments):
+        start = time.process_time()
+        result = function(*arguments)
+        spent[stage] += time.process_time() - start
+        return result
+
+    for video in videos:
+        clip = timed("open + demux", VideoFile, video)
+        key = key_frame_index(clip.info.n_frames)
+        audio = timed("audio window", read_audio_window, clip, clip.info.frame_time(key), 3.0, 16000)
+        frames = timed("decode frame pair", clip.read_frames, key, 2)
+        clip.close()
+        frame, flow = timed("flow", aggregate_flow, frames, method, 256)
+        timed("write", write_sample, out, video.stem, frame, flow, audio, 16000)
+    return {stage: 1000 * seconds / len(videos) for stage, seconds in spent.items()}
+
+
 def run_hearflow(videos: list[Path], work: Path, method: str, workers: int) -> float:
     """Wall seconds of `hearflow prepare` (the library call) over `videos`, workers included."""
     out = work / f"hearflow-{method}-{workers}"
@@ -226,6 +255,8 @@ def main() -> None:
               f"{n / wall:13.2f} {released_wall / wall:11.2f}x")
     total = sum(stages.values())
     print("released recipe time split: " + ", ".join(f"{k} {v / total:.0%}" for k, v in stages.items()))
+    split = hearflow_stages(videos, work, "dis")
+    print("hearflow (dis) CPU ms per clip: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
 
     print("\nend to end, `hearflow prepare` (wall clock, starting the workers included):")
     runs = {(method, workers): min(run_hearflow(videos, work, method, workers) for _ in range(args.repeats))

@@ -91,8 +91,8 @@ def _open(path: str | Path):
         raise HearflowError(f"{path}: empty file (0 bytes)")
     try:
         # FFmpeg's stream probing would decode the first frame of each stream only to learn
-        # what hearflow learns from its own first decoded frame: ~3.5 ms of a ~70 ms sample
-        # for a 640 x 360 H.264 clip. The option applies to the probing decoders only.
+        # what hearflow learns from its own first decoded frame (bench/prepare.py). The
+        # option applies to the probing decoders only, not to the streams' own.
         return av.open(str(path), options={"skip_frame": "all"})
     except av.FFmpegError as error:
         raise HearflowError(f"{path}: not a readable video or audio file ({_ffmpeg_message(error)})") from None
