@@ -10,7 +10,7 @@ same run, one thread per worker:
   the whole audio track decoded and resampled to 22,050 Hz, the 3-s window cut out,
   and the flow written as two 8-bit JPEGs;
 - hearflow prepare with 1 worker (Farnebäck and DIS) and with 2 workers;
-- for information, where hearflow's per-video time goes (DIS), step by step.
+- for information, where hearflow's per-video time goes, step by step.
 
 Goals (issue 3): >= 2x the released recipe with 1 worker and Farnebäck, >= 3x with
 DIS, >= 1.8x from 1 to 2 workers, < 500 MB resident per worker. Each configuration
@@ -255,8 +255,9 @@ def main() -> None:
               f"{n / wall:13.2f} {released_wall / wall:11.2f}x")
     total = sum(stages.values())
     print("released recipe time split: " + ", ".join(f"{k} {v / total:.0%}" for k, v in stages.items()))
-    split = hearflow_stages(videos, work, "dis")
-    print("hearflow (dis) CPU ms per clip: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
+    for method in ("farneback", "dis"):
+        split = hearflow_stages(videos, work, method)
+        print(f"hearflow ({method}) CPU ms per clip: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
 
     print("\nend to end, `hearflow prepare` (wall clock, starting the workers included):")
     runs = {(method, workers): min(run_hearflow(videos, work, method, workers) for _ in range(args.repeats))
