@@ -63,6 +63,21 @@ def test_video_file_reads_the_same_frames_from_memory(videos, name):
         assert all(np.array_equal(a, b) for a, b in zip(frames, reference[index : index + 2])), index
 
 
+def test_decoding_stops_at_the_last_wanted_packet(videos, monkeypatch):
+    # With B-frames a decoder holds frames back; instead of feeding it more packets until
+    # the wanted ones come out, hearflow drains it once their packets are in.
+    fed = []
+    packet_ts = video_module._packet_ts
+    monkeypatch.setattr(video_module, "_packet_ts", lambda packet: fed.append(packet_ts(packet)) or fed[-1])
+    path = videos["h264_bframes.mp4"]
+    with VideoFile(path) as video:
+        frames = video.read_frames(20, 2)
+        wanted = set(video.info.frame_pts[20:22])
+    assert wanted <= set(fed) and fed[-1] in wanted
+    reference = sequential_frames(path)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, reference[20:22]))
+
+
 def test_large_files_are_read_again_with_a_seek(videos, monkeypatch):
     monkeypatch.setattr(video_module, "KEEP_PACKETS_MAX_BYTES", 0)
     path = videos["h264_gop7.mp4"]

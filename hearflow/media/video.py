@@ -315,11 +315,15 @@ def read_frames(path: str | Path, index: int, count: int, info: VideoInfo | None
 def _collect_frames(packets, context, info: VideoInfo, index: int, count: int, carried, path) -> list[np.ndarray] | None:
     """Feed `packets` (None flushes) to `context` and keep frames index..index+count-1 by timestamp.
 
-    Frames nothing depends on are skipped until the first wanted packet. Returns
-    None when the timestamps do not lead to the frames (the caller falls back).
+    Only what the wanted frames need is decoded: every packet that is not wanted is
+    given to the decoder with non-reference frames skipped (nothing depends on them),
+    and once the last wanted packet is in, the decoder is drained instead of fed
+    more. Returns None when the timestamps do not lead to the frames (the caller
+    falls back).
     """
     wanted = set(info.frame_pts[index : index + count])
     first_wanted = info.frame_pts[index]
+    unfed = set(wanted)  # wanted timestamps whose packet has not reached the decoder yet
     found: dict[int, np.ndarray] = {}
 
     def take(frames) -> bool | None:
@@ -332,16 +336,23 @@ def _collect_frames(packets, context, info: VideoInfo, index: int, count: int, c
 
     if carried and take(carried) is None:
         return None
-    context.skip_frame = "NONREF"
     try:
         for packet in packets:
             if len(found) == count:
                 break
-            if context.skip_frame != "DEFAULT" and (packet is None or packet.size == 0 or _packet_ts(packet) is None
-                                                     or _packet_ts(packet) >= first_wanted):
-                context.skip_frame = "DEFAULT"
+            ts = None if packet is None or packet.size == 0 else _packet_ts(packet)
+            needed = ts is None or ts in wanted
+            context.skip_frame = "DEFAULT" if needed else "NONREF"
             if take(context.decode(packet)) is None:
                 return None
+            if packet is None:
+                break
+            unfed.discard(ts)
+            if not unfed and len(found) < count:  # all wanted packets are in: drain the decoder
+                context.skip_frame = "DEFAULT"
+                if take(context.decode(None)) is None:
+                    return None
+                break
     except (av.FFmpegError, EOFError) as error:
         raise HearflowError(f"{path}: decoding failed near frame {index} ({_ffmpeg_message(error)})") from None
     finally:
