@@ -86,10 +86,12 @@ def aggregate_flow(
     if any(frame.shape != frames[0].shape for frame in frames):
         raise HearflowError(f"frames of different sizes: {sorted({frame.shape for frame in frames})}")
     grays = [resize_frame(_gray(frame), short_side) for frame in frames]  # one channel to resize, not three
-    total = np.zeros(grays[0].shape + (2,), np.float32)
-    for first, second in zip(grays[:-1], grays[1:]):
-        total += flow_between(first, second, method)
-    return resize_frame(frames[key], short_side), total / (len(grays) - 1)
+    flow = flow_between(grays[0], grays[1], method)
+    if len(grays) > 2:
+        for first, second in zip(grays[1:-1], grays[2:]):
+            flow += flow_between(first, second, method)
+        flow /= np.float32(len(grays) - 1)
+    return resize_frame(frames[key], short_side), flow
 
 
 def pair_window(key: int, pairs: int, n_frames: int) -> int:
