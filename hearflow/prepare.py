@@ -14,6 +14,7 @@ half-finished ones, and does not retry recorded failures unless asked.
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import re
@@ -265,6 +266,7 @@ def _worker_main(connection, out: str, recipe: dict) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+    gc.freeze()  # the imported modules' objects: the per-video collections need not walk them again
     connection.send(("ready",))
     while True:
         try:
