@@ -14,7 +14,9 @@ same run, one thread per worker:
 
 Goals (issue 3): >= 2x the released recipe with 1 worker and Farnebäck, >= 3x with
 DIS, >= 1.8x from 1 to 2 workers, < 500 MB resident per worker. Each configuration
-runs `--repeats` times and the fastest run counts (the machine may be shared).
+runs `--repeats` times, the configurations alternating (order rotated each repeat), and
+the fastest run counts (the machine may be shared); the per-video CPU ratios are also
+printed repeat by repeat, each against the released recipe's run of the same repeat.
 
     python3 bench/prepare.py                # 16 clips, best of 2
     python3 bench/prepare.py --clips 32 --repeats 3 --workdir /tmp/hearflow-bench
@@ -239,13 +241,21 @@ def main() -> None:
     run_hearflow(videos[:1], work, "farneback", 1)  # start the worker server once, outside the timings
     n = len(videos)
 
-    def best_of(run):
-        """The fastest wall clock and the smallest CPU time of `args.repeats` runs (+ the fastest run's extras)."""
-        results = sorted((run() for _ in range(args.repeats)), key=lambda result: result[0])
-        return (results[0][0], min(result[1] for result in results), *results[0][2:])
+    # The three per-video runs alternate (order rotated each repeat), so a host that gets
+    # slower or faster during the benchmark moves every side alike.
+    sides = ["released", "farneback", "dis"]
+    results: dict[str, list] = {side: [] for side in sides}
+    for repeat in range(args.repeats):
+        for side in sides[repeat % 3 :] + sides[: repeat % 3]:
+            results[side].append(run_released(videos, work) if side == "released" else run_in_process(videos, work, side))
 
-    released_wall, released_cpu, stages = best_of(lambda: run_released(videos, work))
-    per_video = {method: best_of(lambda: run_in_process(videos, work, method)) for method in ("farneback", "dis")}
+    def best_of(side):
+        """The fastest wall clock and the smallest CPU time of the side's runs (+ the fastest run's extras)."""
+        runs = sorted(results[side], key=lambda result: result[0])
+        return (runs[0][0], min(result[1] for result in runs), *runs[0][2:])
+
+    released_wall, released_cpu, stages = best_of("released")
+    per_video = {method: best_of(method) for method in ("farneback", "dis")}
     print("per video, one thread, in this process (CPU time does not grow when other programs share the CPU):")
     print(f"{'':34s} {'CPU ms/clip':>12s} {'vs released':>12s} {'wall clips/s':>13s} {'vs released':>12s}")
     print(f"{'released recipe (restated)':34s} {1000 * released_cpu / n:12.1f} {'1.00x':>12s} "
@@ -253,6 +263,9 @@ def main() -> None:
     for method, (wall, cpu) in per_video.items():
         print(f"{'hearflow, ' + method:34s} {1000 * cpu / n:12.1f} {released_cpu / cpu:11.2f}x "
               f"{n / wall:13.2f} {released_wall / wall:11.2f}x")
+    for method in ("farneback", "dis"):
+        paired = [released[1] / run[1] for released, run in zip(results["released"], results[method])]
+        print(f"  {method} CPU ratio repeat by repeat: " + ", ".join(f"{ratio:.2f}x" for ratio in paired))
     total = sum(stages.values())
     print("released recipe time split: " + ", ".join(f"{k} {v / total:.0%}" for k, v in stages.items()))
     for method in ("farneback", "dis"):
@@ -260,11 +273,22 @@ def main() -> None:
         print(f"hearflow ({method}) CPU ms per clip: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
 
     print("\nend to end, `hearflow prepare` (wall clock, starting the workers included):")
-    runs = {(method, workers): min(run_hearflow(videos, work, method, workers) for _ in range(args.repeats))
-            for method, workers in (("farneback", 1), ("dis", 1), ("farneback", 2))}
+    configurations = [("farneback", 1), ("dis", 1), ("farneback", 2)]
+    times: dict[tuple, list] = {configuration: [] for configuration in configurations}
+    start_up: dict[tuple, list] = {configuration: [] for configuration in configurations}
+    for repeat in range(args.repeats):  # alternating, as above
+        for method, workers in configurations[repeat % 3 :] + configurations[: repeat % 3]:
+            times[method, workers].append(run_hearflow(videos, work, method, workers))
+            start_up[method, workers].append(run_hearflow(videos[:workers], work, method, workers))
+    runs = {configuration: min(seconds) for configuration, seconds in times.items()}
     for (method, workers), seconds in runs.items():
+        # The same call with one clip per worker is start-up + one clip; the difference is
+        # what the other clips cost, the rate a long run settles at.
+        steady = (n - workers) / (seconds - min(start_up[method, workers]))
         print(f"  --flow {method:9s} --workers {workers}: {n / seconds:6.2f} clips/s, "
-              f"{released_wall / seconds:5.2f}x the released recipe's wall clock")
+              f"{released_wall / seconds:5.2f}x the released recipe's wall clock; without the start-up "
+              f"({1000 * min(start_up[method, workers]):.0f} ms with {workers} clip(s)): {steady:6.2f} clips/s, "
+              f"{steady * released_wall / n:5.2f}x")
     print(f"  scaling 1 -> 2 workers (farneback): {runs['farneback', 1] / runs['farneback', 2]:.2f}x")
     memory = peak_worker_memory_mb(videos[:3] + [uhd], work)
     print(f"\npeak resident memory of one worker (3 clips + one 4K clip): "
