@@ -76,6 +76,11 @@ def read_audio_window(source: str | Path | VideoFile, center_s: float, seconds: 
     declares, and only the packets around it are read). Only the packets around the
     window are decoded; see the module docstring for the window rule at the ends of
     the track. Raises HearflowError when there is no audio stream or no decodable audio.
+
+    A `VideoFile`'s windows share its decoder. Codecs that synthesise noise (AAC's
+    perceptual noise substitution) draw it from the decoder's random state, so a second
+    window of the same `VideoFile` can differ from a first one in those bands; a path,
+    or a fresh `VideoFile` per window (what prepare does), gives the same window every time.
     """
     if isinstance(source, VideoFile) and source.audio_packets is not None:
         return _window(source.audio_packets, source.audio_stream, source.info.start_s, center_s, seconds,
