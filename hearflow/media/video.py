@@ -301,8 +301,9 @@ def _check_range(path, info: VideoInfo, index: int, count: int) -> None:
 def read_frames(path: str | Path, index: int, count: int, info: VideoInfo | None = None) -> list[np.ndarray]:
     """Frames ``index .. index + count - 1`` (RGB uint8 H x W x 3, display orientation).
 
-    Seeks once to the keyframe before `index` and decodes forward; frames before
-    `index` that no other frame depends on are skipped by the decoder. Falls back to
+    Seeks once to the keyframe before `index` and decodes forward, only what the wanted
+    frames need: unwanted frames that no other frame depends on are skipped, and nothing
+    after the last wanted frame's packet is decoded. Falls back to
     decoding from the start when the file's timestamps cannot be trusted.
     (`VideoFile.read_frames` does the same without reading the file a second time.)
     """
