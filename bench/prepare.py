@@ -212,6 +212,14 @@ def peak_worker_memory_mb(videos: list[Path], work: Path) -> float | None:
     return peak
 
 
+def alternating(sides: list, repeats: int):
+    """Each side once per repeat, the order rotated by one each repeat, so a host that gets
+    slower or faster during the benchmark moves every side alike."""
+    for repeat in range(repeats):
+        shift = repeat % len(sides)
+        yield from sides[shift:] + sides[:shift]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=16, help="number of clips (default 16)")
@@ -241,13 +249,10 @@ def main() -> None:
     run_hearflow(videos[:1], work, "farneback", 1)  # start the worker server once, outside the timings
     n = len(videos)
 
-    # The three per-video runs alternate (order rotated each repeat), so a host that gets
-    # slower or faster during the benchmark moves every side alike.
     sides = ["released", "farneback", "dis"]
     results: dict[str, list] = {side: [] for side in sides}
-    for repeat in range(args.repeats):
-        for side in sides[repeat % 3 :] + sides[: repeat % 3]:
-            results[side].append(run_released(videos, work) if side == "released" else run_in_process(videos, work, side))
+    for side in alternating(sides, args.repeats):
+        results[side].append(run_released(videos, work) if side == "released" else run_in_process(videos, work, side))
 
     def best_of(side):
         """The fastest wall clock and the smallest CPU time of the side's runs (+ the fastest run's extras)."""
@@ -278,16 +283,14 @@ def main() -> None:
     times: dict[tuple, list] = {configuration: [] for configuration in configurations}
     start_up: dict[tuple, list] = {configuration: [] for configuration in configurations}
     released_walls = []
-    sides = ["released", *configurations]
-    for repeat in range(args.repeats):
-        for side in sides[repeat % 4 :] + sides[: repeat % 4]:
-            if side == "released":
-                released_walls.append(run_released(videos, work)[0])
-                continue
-            method, workers = side
-            times[side].append(run_hearflow(videos, work, method, workers))
-            start_up[side].append(run_hearflow(videos[:workers], work, method, workers))
-    released_wall = min(released_walls)
+    for side in alternating(["released", *configurations], args.repeats):
+        if side == "released":
+            released_walls.append(run_released(videos, work)[0])
+            continue
+        method, workers = side
+        times[side].append(run_hearflow(videos, work, method, workers))
+        start_up[side].append(run_hearflow(videos[:workers], work, method, workers))
+    released_wall = min(released_walls)  # this section's own, not the per-video section's
     print(f"  released recipe: {n / released_wall:6.2f} clips/s")
     runs = {configuration: min(seconds) for configuration, seconds in times.items()}
     for (method, workers), seconds in runs.items():
