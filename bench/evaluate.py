@@ -21,7 +21,8 @@ import time
 import cv2
 import numpy as np
 
-from hearflow.metrics import ciou, gt_map_vggss, summarize
+from hearflow.data.annotations import gt_map_vggss
+from hearflow.metrics import ciou, summarize
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""What does the flow prior do? The study of `hearflow.demo.run_study` on synthetic data.
+"""What does the flow prior do? The study of `hearflow.synthetic.study.run_study` on synthetic data.
 
 Every row (LVS, HTF prior variants, late fusion, training-free baselines) is trained
 and scored on the same synthetic data per seed, and the table gives mean +- std over
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from hearflow.demo import STUDY_ROWS, STUDY_SEEDS, STUDY_SETTINGS, run_study
+from hearflow.synthetic.study import STUDY_ROWS, STUDY_SEEDS, STUDY_SETTINGS, run_study
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """`hearflow localize` end to end against the model's forward alone, and its peak memory.
 
 1. A clip of `--seconds` (30) at 640 x 360, 30 fps, with an AAC track, from
-   `hearflow.synth`; a checkpoint of `--preset` (htf: ResNet-18 encoders at 224 x 224,
+   `hearflow.synthetic.clips`; a checkpoint of `--preset` (htf: ResNet-18 encoders at 224 x 224,
    random weights).
 2. End to end: `hearflow localize CLIP --every 1/30` (a step at every frame: decode,
    flow, audio window, spectrogram, model, heatmap, overlay blend, H.264 + AAC
@@ -33,7 +33,7 @@ import torch
 
 from hearflow import build_model
 from hearflow.checkpoint import save_checkpoint
-from hearflow.synth import synthesize
+from hearflow.synthetic.clips import synthesize
 
 WIDTH, HEIGHT, FPS = 640, 360, 30
 

@@ -23,7 +23,8 @@ import torch
 
 from hearflow import build_model
 from hearflow.localize import Localizer
-from hearflow.synth import synthesize
+from hearflow.synthetic.clips import synthesize
+from hearflow.synthetic.presets import demo_config
 
 
 def steps_per_second(model, clip: Path, threads: int) -> float:
@@ -40,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    model = build_model("cpu-small", width=8)
+    model = build_model(config=demo_config("cpu-small"), width=8)
     with tempfile.TemporaryDirectory() as folder:
         record = synthesize(folder, 1, seed=0, progress=False, seconds=args.seconds, fps=30, width=640, height=360)[0]
         clip = Path(folder) / "videos" / f"{record['id']}.mp4"

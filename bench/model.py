@@ -29,7 +29,7 @@ import torchvision
 from torch import nn
 
 from hearflow.model import build_model
-from hearflow.objective import lvs_loss
+from hearflow.objective import global_batch_loss
 
 BATCH, SIZE, SPECTROGRAM = 16, 224, (257, 276)
 
@@ -105,8 +105,8 @@ def released_loss(image_map, audio_vector, eps_p=0.65, eps_n=0.40, tau=0.03, tem
 def hearflow_step_model(preset: str):
     model = build_model(preset)
 
-    def loss(image, flow, audio):
-        return lvs_loss(model(image, flow, audio).cross_similarity)
+    def loss(image, flow, audio):  # what a training step runs: the model's halves and the registered loss
+        return global_batch_loss(model.embed, model, (image, flow, audio), model.config.objective)
 
     return model, loss
 

@@ -8,7 +8,7 @@ flow .npy, WAV, resizes, random crop/flip, spectrogram) hides behind the model.
 In one run, on the same machine and the same prepared samples:
 
 - model step alone: one batch of 32 samples made once by the training transforms,
-  kept in memory; the step that `hearflow train` runs (`training_features` +
+  kept in memory; the step that `hearflow train` runs (`training_embedder` +
   `global_batch_loss`, backward, Adam), 1 warm-up step then ``--steps`` timed steps;
 - hearflow's loop: `hearflow.train.train` for one epoch of ``--steps`` batches read from
   the prepared folder by ``--workers`` loader processes; its rate is taken from the
@@ -48,8 +48,9 @@ from hearflow.data.dataset import PreparedDataset
 from hearflow.distributed import Distributed, resolve_device
 from hearflow.model import build_model
 from hearflow.prepare import prepare
-from hearflow.synth import synthesize
-from hearflow.train import amp_dtype_for, global_batch_loss, train, training_features
+from hearflow.objective import global_batch_loss
+from hearflow.synthetic.clips import synthesize
+from hearflow.train import amp_dtype_for, train, training_embedder
 
 CLIPS = 64  # distinct prepared clips; the epoch cycles through them
 CLIP_SIZE = (456, 256)  # a typical VGG-Sound frame at prepare's 256-pixel working size
@@ -69,14 +70,14 @@ def model_step_rate(config, batch: dict, steps: int, device: torch.device) -> fl
     """Samples/s of the bare training step on one in-memory batch (after 2 warm-up steps)."""
     torch.manual_seed(0)
     model = build_model(config=config).train().to(device)
-    features = training_features(model, Distributed())
+    embedder = training_embedder(model, Distributed())
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.train.lr)
     amp_dtype = amp_dtype_for(config.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     inputs = [batch[key].to(device) for key in ("image", "flow", "spectrogram")]
 
     def step():
-        loss = global_batch_loss(features, *inputs, config.objective, amp_dtype)
+        loss = global_batch_loss(embedder, model, tuple(inputs), config.objective, amp_dtype)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

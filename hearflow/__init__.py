@@ -4,7 +4,9 @@ The public API is small:
 
 - ``build_model(preset="htf", pretrained=False, **overrides)``: a fresh model;
 - ``load(path)``: a model from a hearflow or released checkpoint, in eval mode;
-- ``Localizer``: heatmaps of the sound source for any video.
+- ``Localizer``: heatmaps of the sound source for any video;
+- ``Config``: the configuration every model, checkpoint and run carries;
+- ``HearflowError``: the one exception for problems a user can act on.
 """
 
 from importlib import import_module
@@ -32,3 +34,7 @@ def __getattr__(name):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'hearflow' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

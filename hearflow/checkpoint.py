@@ -3,9 +3,12 @@
 hearflow's format is a dict::
 
     {"format": "hearflow-checkpoint", "hearflow_version": "...", "config": {...},
-     "state_dict": {...}, **extra}
+     "state_dict": {...}, ["inference": {...},] **extra}
 
-so a checkpoint alone rebuilds its model and its preprocessing. `load` also reads
+so a checkpoint alone rebuilds its model and its preprocessing; ``inference``, when
+present, holds the defaults of its inference options (`InferenceOptions`), which
+`load_model` returns beside the model (a config of an earlier version that held
+``model.flow_fusion`` gives that default). `load` also reads
 the released ``.pth`` (``{"model": state_dict}``) and the released Lightning
 ``.ckpt`` (``{"state_dict": {"model.<name>": ...}, "hyper_parameters": ...}``), and
 builds the ``htf-released`` preset for them (``htf-released-maxpool`` when the
@@ -17,24 +20,26 @@ attention key takes the 2 flow channels). Files are always read with
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hearflow.config import Config
+from hearflow.config import Config, InferenceOptions
 from hearflow.errors import HearflowError
+from hearflow.io import atomic_file
 from hearflow.model import HTF, build_model
 
 FORMAT = "hearflow-checkpoint"
-_RESERVED = ("format", "hearflow_version", "config", "state_dict")
+_RESERVED = ("format", "hearflow_version", "config", "state_dict", "inference")
 
 
-def save_checkpoint(path: str | Path, model: HTF, **extra: Any) -> None:
+def save_checkpoint(path: str | Path, model: HTF, inference: InferenceOptions | None = None, **extra: Any) -> None:
     """Write ``model`` (its config and weights) and ``extra`` to ``path`` atomically.
 
     ``model`` is the HTF module itself, not a DistributedDataParallel or compiled wrapper.
+    ``inference``: defaults of the inference options to record (none: the built-in ones).
 
     ``extra`` holds what a resume needs (optimizer state, epoch, rng state, metrics);
     its values must be tensors, numbers, strings or plain containers of them so that
@@ -45,23 +50,16 @@ def save_checkpoint(path: str | Path, model: HTF, **extra: Any) -> None:
     clashes = sorted(set(extra) & set(_RESERVED))
     if clashes:
         raise ValueError(f"extra checkpoint entries may not be named {clashes}")
-    path = Path(path)
     checkpoint = {
         "format": FORMAT,
         "hearflow_version": __version__,
         "config": model.config.to_dict(),
         "state_dict": model.state_dict(),
+        **({} if inference is None else {"inference": dataclasses.asdict(inference)}),
         **extra,
     }
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_file(path) as file:
+        torch.save(checkpoint, file)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -91,10 +89,17 @@ def _describe_read_error(error: Exception) -> str:
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> HTF:
     """A model from a hearflow or released checkpoint, in eval mode, config at ``.config``."""
+    return load_model(path, map_location)[0]
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HTF, InferenceOptions]:
+    """(the model, in eval mode, and the checkpoint's recorded inference options)."""
     checkpoint = load_checkpoint(path, map_location)
+    options = InferenceOptions()
     if checkpoint.get("format") == FORMAT:
         try:
             config = Config.from_dict(checkpoint["config"])
+            options = _recorded_options(checkpoint)
         except HearflowError as error:
             raise HearflowError(f"checkpoint {path} holds a config this version cannot use: {error}") from error
         state_dict = checkpoint["state_dict"]
@@ -105,7 +110,20 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> HTF:
         config = Config.from_dict({"preset": "htf-released-maxpool" if maxpool else "htf-released"})
     model = build_model(config=config)
     load_state(model, state_dict, path)
-    return model.to(map_location).eval()
+    return model.to(map_location).eval(), options
+
+
+def _recorded_options(checkpoint: dict[str, Any]) -> InferenceOptions:
+    """The checkpoint's ``inference`` entry, or what an earlier version's config implied."""
+    recorded = checkpoint.get("inference")
+    if recorded is None:
+        legacy = (checkpoint.get("config") or {}).get("model", {}).get("flow_fusion", 0.0)
+        recorded = {"flow_fusion": legacy}
+    known = {field.name for field in dataclasses.fields(InferenceOptions)}
+    unknown = sorted(set(recorded) - known)
+    if unknown:
+        raise HearflowError(f"unknown inference option(s) {', '.join(unknown)}")
+    return InferenceOptions(**{name: float(value) for name, value in recorded.items()}).validate()
 
 
 def _released_state_dict(path: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:

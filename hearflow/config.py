@@ -1,18 +1,18 @@
-"""Configuration as plain data: dataclasses, named presets, YAML in and out.
+"""Configuration as plain data: dataclasses, named presets, YAML in and out, one resolution.
 
 Every default of the method lives here and nowhere else. A `Config` is embedded in
 every checkpoint, so a checkpoint alone rebuilds its model and its preprocessing.
 
-Presets follow the paper's rows:
+Presets (`PRESETS`) are the paper's rows and the authors' released variants, each
+named once (``hearflow presets`` lists them with the rows they reproduce); the demo's
+CPU-sized configurations live with the demo (`hearflow.synthetic.presets`).
 
-- ``htf``: the paper's text (Eq. 7-8 ``channel`` prior, ResNet-18 flow encoder,
-  ImageNet-initialised and frozen vision encoder, 16 kHz audio, signed flow).
-- ``htf-released``: the authors' released code (``spatial`` prior, randomly
-  re-initialised flow conv1, 22,050 Hz audio, 8-bit clipped flow, drifting BatchNorm,
-  flip without negating dx).
-- ``htf-maxpool`` / ``htf-released-maxpool``: Table 5's max-pool flow encoder.
-- ``lvs``: the LVS baseline (no flow prior, ImageNet vision encoder trained).
-- ``table4-a`` ... ``table4-f`` and ``table5-a`` ... ``table5-b``: the ablations.
+Every command builds its configuration the same way (`resolve`): preset < config file
+< ``--set KEY=VALUE`` < explicit flags (which are config fields themselves).
+
+Inference options (late flow fusion, and later ones of the same kind) are not part
+of a `Config`: they are arguments of `HTF.similarity`, ``evaluate`` and the
+``Localizer``, with defaults a checkpoint may record (`InferenceOptions`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ FLOW_METHODS = ("farneback", "dis")
 
 @dataclass
 class ModelConfig:
-    """The network: encoders, flow prior and inference options."""
+    """The network: encoders and flow prior."""
 
     prior: str = "channel"  # channel (paper Eq. 7-8) | spatial (released) | none (LVS)
     flow_encoder: str = "resnet18"  # resnet18 | maxpool (Table 5)
@@ -50,7 +50,6 @@ class ModelConfig:
     pretrained_weights: str = "imagenet"  # imagenet (torchvision ResNet-18) | a file from hearflow.pretrain
     width: int = 64  # channels of the first ResNet stage; 64 is ResNet-18
     map_stride: int = 32  # input pixels per similarity-map cell: 32, 16 or 8
-    flow_fusion: float = 0.0  # late fusion at inference: S * (1 + alpha * flow magnitude)
 
 
 @dataclass
@@ -76,8 +75,12 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """The trimap contrastive loss (Eq. 6 as released)."""
+    """The training loss (``loss``: a name registered in `hearflow.objective.LOSSES`) and its constants.
 
+    The constants are the trimap contrastive loss's (LVS / HTF Eq. 6, as released).
+    """
+
+    loss: str = "lvs"
     eps_p: float = 0.65
     eps_n: float = 0.40
     tau: float = 0.03
@@ -135,25 +138,43 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
-        """Build from a (possibly partial) nested dict; unknown keys are an error."""
-        data = dict(data or {})
+        """Build from a nested dict: its preset's values, then the dict's; unknown keys are an error.
+
+        A preset that is not in `PRESETS` (a demo configuration, or one of another
+        version) is only accepted when the dict gives every field, as every config
+        hearflow writes does; otherwise the missing fields would silently take other
+        values (fields added later, `ADDED_FIELDS`, may be absent). Keys of earlier
+        versions (`LEGACY_KEYS`) are dropped.
+        """
+        if not isinstance(data, dict):
+            raise HearflowError(f"a config is a mapping of sections, not a {type(data).__name__}")
+        data = dict(data)
         preset = data.pop("preset", "htf")
-        config = preset_config(preset) if preset in PRESETS else Config(preset=str(preset))
-        apply_overrides(config, _flatten(data))
+        fields = {key: value for key, value in _flatten(data).items() if key not in LEGACY_KEYS}
+        if preset in PRESETS:
+            config = preset_config(preset)
+        else:
+            missing = sorted(set(field_names()) - set(fields) - set(ADDED_FIELDS))
+            if missing:
+                raise HearflowError(
+                    f"unknown preset {preset!r} and the config does not give every field "
+                    f"(missing {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); "
+                    f"presets: {', '.join(PRESETS)}"
+                )
+            config = Config(preset=str(preset))
+        apply_overrides(config, fields)
         return config.validate()
 
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
+        data = read_config_file(path)
         try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise HearflowError(f"cannot read config {path}: {error}") from error
-        if not isinstance(data, dict):
-            raise HearflowError(f"config {path} does not hold a mapping")
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except HearflowError as error:
+            raise HearflowError(f"config {path}: {error}") from None
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -221,6 +242,44 @@ def parse_set_options(items: list[str]) -> dict[str, str]:
     return overrides
 
 
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Options of a trained model at inference, never part of its Config.
+
+    flow_fusion: late fusion, maps scaled by ``1 + alpha * flow magnitude``
+    (`hearflow.model.htf.flow_motion`); 0 = off. A checkpoint may record defaults
+    for these (``"inference"`` beside its config); an explicit argument wins.
+    """
+
+    flow_fusion: float = 0.0
+
+    def validate(self) -> "InferenceOptions":
+        if not self.flow_fusion >= 0:
+            raise HearflowError(f"flow fusion must be a non-negative weight, got {self.flow_fusion}")
+        return self
+
+    def with_arguments(self, **arguments: Any) -> "InferenceOptions":
+        """A copy with the arguments that are not None set (a caller's explicit choices)."""
+        chosen = {name: float(value) for name, value in arguments.items() if value is not None}
+        return dataclasses.replace(self, **chosen).validate()
+
+
+# Keys that earlier versions wrote into a config and this one reads elsewhere:
+# ``model.flow_fusion`` became `InferenceOptions.flow_fusion` (checkpoint.load keeps it).
+LEGACY_KEYS = ("model.flow_fusion",)
+# Fields added since the first version, whose defaults are what that version did: a
+# complete config written before they existed is still complete.
+ADDED_FIELDS = ("objective.loss",)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration: the fields that differ from the defaults (the ``htf`` preset)."""
+
+    description: str  # one line: what it is and which paper row it reproduces
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
 _RELEASED = {
     "model.prior": "spatial",
     "model.flow_conv1_init": "random",
@@ -230,58 +289,36 @@ _RELEASED = {
     "data.flip_negates_flow": False,
 }
 
-_TABLE4 = {  # (flow prior, vision pretrained, vision frozen); f is the paper's HTF
-    "a": (False, False, False),
-    "b": (False, True, False),
-    "c": (False, True, True),
-    "d": (True, False, False),
-    "e": (True, True, False),
-    "f": (True, True, True),
-}
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "htf": {},
-    "htf-released": dict(_RELEASED),
-    "htf-maxpool": {"model.flow_encoder": "maxpool"},
-    "htf-released-maxpool": {**_RELEASED, "model.flow_encoder": "maxpool"},
-    "lvs": {"model.prior": "none", "model.vision_frozen": False},
-    **{
-        f"table4-{row}": {
-            "model.prior": "channel" if flow else "none",
-            "model.vision_pretrained": pretrained,
-            "model.vision_frozen": frozen,
-        }
-        for row, (flow, pretrained, frozen) in _TABLE4.items()
-    },
-    "table5-a": {"model.flow_encoder": "maxpool"},
-    "table5-b": {},
-    # A CPU-sized model for the demo and the tests: quarter-width ResNet-18 blocks on
-    # 64 x 64 inputs with an 8 x 8 map; nothing ImageNet-initialised, vision trained.
-    "cpu-small": {
-        "model.width": 16,
-        "model.map_stride": 8,
-        "model.prior_dim": 32,
-        "model.vision_pretrained": False,
-        "model.vision_frozen": False,
-        "model.flow_pretrained": False,
-        "model.flow_conv1_init": "random",
-        "data.image_size": 64,
-        "data.train_resize": 70,
-        "train.batch_size": 64,
-        "train.epochs": 10,
-    },
+def _table4(flow: bool, pretrained: bool, frozen: bool) -> dict[str, Any]:
+    return {"model.prior": "channel" if flow else "none", "model.vision_pretrained": pretrained,
+            "model.vision_frozen": frozen}
+
+
+PRESETS: dict[str, Preset] = {
+    "htf": Preset("HTF as the paper's text: channel prior (Eq. 7-8), ResNet-18 flow encoder, ImageNet vision "
+                  "frozen, 16 kHz, signed flow (Table 4 f, Table 5 b; Tables 1-3, 6)"),
+    "htf-maxpool": Preset("HTF with the max-pool flow encoder (Table 5 a)", {"model.flow_encoder": "maxpool"}),
+    "htf-released": Preset("HTF as the authors' released code: spatial prior, random flow conv1, 22,050 Hz, "
+                           "8-bit clipped flow, drifting BatchNorm (their checkpoints)", dict(_RELEASED)),
+    "htf-released-maxpool": Preset("the released code with the max-pool flow encoder (Table 5 a as released)",
+                                   {**_RELEASED, "model.flow_encoder": "maxpool"}),
+    "lvs": Preset("the LVS baseline on HTF's pipeline: no flow prior, ImageNet vision trained (Table 4 b; "
+                  "the LVS rows of Tables 1-3)", _table4(False, True, False)),
+    "table4-a": Preset("no flow prior, vision random and trained (Table 4 a)", _table4(False, False, False)),
+    "table4-c": Preset("no flow prior, ImageNet vision frozen (Table 4 c)", _table4(False, True, True)),
+    "table4-d": Preset("flow prior, vision random and trained (Table 4 d)", _table4(True, False, False)),
+    "table4-e": Preset("flow prior, ImageNet vision trained (Table 4 e)", _table4(True, True, False)),
 }
-# The demo's models (`hearflow demo`, bench/flow_prior_study.py): cpu-small with an 8 kHz
-# audio front end (the synthetic sounds lie below 3.2 kHz; it halves the audio encoder's
-# work) and flow at the videos' own size. demo-htf's prior is the variant the flow-prior
-# study recommends (README, "What the flow prior does: a study on synthetic data").
-PRESETS["demo-lvs"] = {**PRESETS["cpu-small"], "model.prior": "none", "data.sample_rate": 8000, "data.flow_size": 0}
-PRESETS["demo-htf"] = {**PRESETS["demo-lvs"], "model.prior": "spatial", "model.flow_encoder": "resnet18",
-                       "model.prior_gate": True}
 
 
 def preset_names() -> list[str]:
     return list(PRESETS)
+
+
+def field_names() -> list[str]:
+    """Every config field as ``SECTION.FIELD``, in declaration order."""
+    return [name for name in _flatten(Config().to_dict()) if name != "preset"]
 
 
 def preset_config(name: str, **overrides: Any) -> Config:
@@ -292,9 +329,9 @@ def preset_config(name: str, **overrides: Any) -> Config:
     every section and must be unambiguous.
     """
     if name not in PRESETS:
-        raise HearflowError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise HearflowError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (see `hearflow presets`)")
     config = Config(preset=name)
-    apply_overrides(config, copy.deepcopy(PRESETS[name]))
+    apply_overrides(config, copy.deepcopy(PRESETS[name].fields))
     return with_overrides(config, **overrides)
 
 
@@ -317,3 +354,52 @@ def _qualify(config: Config, key: str) -> str:
     if len(owners) != 1:
         raise HearflowError(f"config field {key!r} is {'ambiguous' if owners else 'unknown'}; use SECTION.{key}")
     return f"{owners[0]}.{key}"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (any subset of the sections, and ``preset``)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise HearflowError(f"cannot read config file {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise HearflowError(f"config file {path} does not hold a mapping of config sections")
+    return values
+
+
+def resolve(
+    preset: str | None = None,
+    file: str | Path | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    flags: dict[str, Any] | None = None,
+    base: Config | None = None,
+) -> Config:
+    """The one way every command builds its Config, each source overriding the previous one.
+
+    preset (default: the file's ``preset`` key; else ``base``, e.g. a run being
+    resumed; else ``htf``) < the file's values < ``sets`` (``"KEY=VALUE"`` strings, as
+    ``--set`` gives them) < ``flags`` (dotted field names; None values are left out,
+    as argparse gives flags that were not passed).
+    """
+    file_values = dict(read_config_file(file)) if file is not None else {}
+    file_preset = file_values.pop("preset", None)
+    own_start = preset or file_preset is None
+    if own_start:
+        config = preset_config(preset) if preset else copy.deepcopy(base) if base is not None else Config()
+    try:
+        if own_start:
+            apply_overrides(config, {key: value for key, value in _flatten(file_values).items()
+                                     if key not in LEGACY_KEYS})
+        else:  # the file names its own start: a preset, or a whole config (`Config.from_dict`)
+            config = Config.from_dict({"preset": file_preset, **file_values})
+    except HearflowError as error:
+        raise HearflowError(f"config file {file}: {error}") from None
+    apply_overrides(config, parse_set_options(list(sets)))
+    apply_overrides(config, {key: value for key, value in (flags or {}).items() if value is not None})
+    return config.validate()
+
+
+def differences(recorded: Config, requested: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"FIELD is A there, B here"`` for every field (but ``ignore``) in which two configs differ."""
+    old, new = _flatten(recorded.to_dict()), _flatten(requested.to_dict())
+    return [f"{key} is {old[key]!r} there, {new[key]!r} here" for key in old if key not in ignore and old[key] != new[key]]

@@ -6,14 +6,17 @@ The protocol (``../shared/notes/method-and-protocol.md``, the released HTF/LVS c
    OpenCV's bicubic interpolation and min-max normalised (left as is when max == min);
 2. threshold ``t`` = the value at index 224*224/2 of the ascending sorted map;
    predicted pixels are those above ``t`` (see `_binarize` for the released edge cases);
-3. the ground truth is a 224 x 224 map: the consensus of the Flickr SoundNet annotators
-   (`gt_map_flickr`) or the union of the VGG-SS boxes (`gt_map_vggss`);
+3. the ground truth is a 224 x 224 map, made by its benchmark
+   (`hearflow.data.annotations`: the Flickr annotators' consensus, the VGG-SS union);
 4. cIoU = sum(pred * gt) / (sum(gt) + sum(pred * (gt == 0))).
 
 Over a set: cIoU@0.5 (fraction of samples with cIoU >= 0.5), AUC (trapezoidal area
 under the fraction of samples with cIoU >= x for x = 0, 0.05, ..., 1) and mean cIoU
 (`summarize`); AP and max-F1 over a per-sample confidence on sets with no-source
 samples (`ap_max_f1`).
+
+`heatmap` is the same upsampling and normalisation at any size, for display (overlays,
+figures, `hearflow localize`): what a user sees is what the metric scores.
 
 Everything but the resize (one OpenCV call per map, `upsample_maps`) is vectorised
 over the samples, and every per-sample cIoU equals the released loop's bit for bit
@@ -26,11 +29,6 @@ change of ~4e-6 there), never the published three digits.
 
 from __future__ import annotations
 
-import math
-import xml.etree.ElementTree as ET
-from pathlib import Path
-from typing import Sequence
-
 import cv2
 import numpy as np
 
@@ -38,96 +36,17 @@ from hearflow.errors import HearflowError
 
 MAP_SIZE = 224  # side of the ground-truth and the resized prediction maps (pixels)
 THRESHOLD_INDEX = MAP_SIZE * MAP_SIZE // 2  # position of t in the ascending sorted map
-FLICKR_GRID = 256  # Flickr SoundNet boxes are given on a 256 x 256 grid
 AUC_THRESHOLDS = 0.05 * np.arange(21)  # 0, 0.05, ..., 1.0, the same float64 values as 0.05 * i
 _CHUNK = 8  # samples per vectorised step of `ciou`: keeps its working set in the CPU cache
-
-
-# ----------------------------------------------------------------------------------------
-# Ground truth
-
-
-def read_flickr_boxes(xml_path: str | Path) -> list[tuple[float, float, float, float]]:
-    """The annotators' boxes of one Flickr SoundNet XML file: ``(xmin, ymin, xmax, ymax)``
-    on the 256 x 256 grid.
-
-    As the released evaluation reads it: every ``bbox`` element one level below the
-    root's children (``<annotation><bboxes><bbox>...``); its first child is a label and
-    the next four are xmin, ymin, xmax, ymax. Raises HearflowError naming the file when
-    it is unreadable, holds no ``bbox`` or a box is not four numbers.
-    """
-    path = Path(xml_path)
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as error:
-        raise HearflowError(f"cannot read Flickr annotation {path}: {error}") from error
-    boxes = []
-    for element in root.findall("./*/bbox"):
-        fields = list(element)[1:5]
-        try:
-            if len(fields) != 4:
-                raise ValueError(f"{len(fields)} coordinates")
-            boxes.append(tuple(_number(field.text) for field in fields))
-        except (TypeError, ValueError) as error:
-            raise HearflowError(
-                f"Flickr annotation {path}: a <bbox> needs a label then xmin, ymin, xmax, ymax numbers ({error})"
-            ) from None
-    if not boxes:
-        raise HearflowError(f"Flickr annotation {path} holds no <bbox> element (expected <annotation><bboxes><bbox>...)")
-    return boxes
-
-
-def flickr_consensus_map(boxes: Sequence[Sequence[float]]) -> np.ndarray:
-    """Float32 224 x 224 consensus map of boxes on the 256 grid: sum of the box masks / 2,
-    clipped at 1 (a pixel inside two annotators' boxes counts fully, inside one half).
-
-    Each coordinate v becomes ``int(224 * v / 256)``; a box covers rows ymin:ymax and
-    columns xmin:xmax (Python slicing, as the released code).
-    """
-    total = np.zeros((MAP_SIZE, MAP_SIZE), np.float64)
-    for box in boxes:
-        xmin, ymin, xmax, ymax = (int(MAP_SIZE * value / FLICKR_GRID) for value in box)
-        total[ymin:ymax, xmin:xmax] += 1
-    return np.minimum(total / 2, 1).astype(np.float32)
-
-
-def gt_map_flickr(xml_path: str | Path) -> np.ndarray:
-    """Float32 224 x 224 ground truth of one Flickr SoundNet XML file (values 0, 0.5, 1)."""
-    return flickr_consensus_map(read_flickr_boxes(xml_path))
-
-
-def gt_map_vggss(boxes: Sequence[Sequence[float]]) -> np.ndarray:
-    """Float32 224 x 224 union of VGG-SS boxes ``[[x0, y0, x1, y1], ...]`` normalised to [0, 1].
-
-    Each coordinate v becomes ``int(224 * max(v, 0))`` (the released rule: the file's
-    negative sentinels give empty boxes); an empty list gives an all-zero map.
-    """
-    union = np.zeros((MAP_SIZE, MAP_SIZE), np.float32)
-    for box in boxes:
-        if len(box) != 4:
-            raise ValueError(f"a VGG-SS box is [x0, y0, x1, y1], got {list(box)!r}")
-        xmin, ymin, xmax, ymax = (int(MAP_SIZE * max(float(value), 0.0)) for value in box)
-        union[ymin:ymax, xmin:xmax] = 1
-    return union
-
-
-def _number(text: str | None) -> float | int:
-    text = (text or "").strip()
-    try:
-        return int(text)
-    except ValueError:
-        value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number")
-    return value
 
 
 # ----------------------------------------------------------------------------------------
 # Predictions
 
 
-def upsample_maps(similarity_maps, size: int = MAP_SIZE) -> np.ndarray:
-    """Resize ``N x h x w`` maps to ``N x size x size`` float32 with OpenCV's bicubic.
+def upsample_maps(similarity_maps, size: int | tuple[int, int] = MAP_SIZE) -> np.ndarray:
+    """Resize ``N x h x w`` maps to ``N x size x size`` (or ``size = (width, height)``)
+    float32 with OpenCV's bicubic.
 
     One ``cv2.resize(..., INTER_CUBIC)`` per map (a multi-channel resize rounds
     differently), on OpenCV's own code path: Intel IPP, which newer OpenCV wheels use
@@ -137,15 +56,30 @@ def upsample_maps(similarity_maps, size: int = MAP_SIZE) -> np.ndarray:
     maps = np.ascontiguousarray(similarity_maps, dtype=np.float32)
     if maps.ndim != 3:
         raise ValueError(f"similarity maps must be N x h x w, got shape {maps.shape}")
-    out = np.empty((len(maps), size, size), np.float32)
+    width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    out = np.empty((len(maps), height, width), np.float32)
     ipp = cv2.ipp.useIPP()
     cv2.ipp.setUseIPP(False)
     try:
         for similarity, resized in zip(maps, out):
-            cv2.resize(similarity, (size, size), dst=resized, interpolation=cv2.INTER_CUBIC)
+            cv2.resize(similarity, (width, height), dst=resized, interpolation=cv2.INTER_CUBIC)
     finally:
         cv2.ipp.setUseIPP(ipp)
     return out
+
+
+def heatmap(similarity: np.ndarray, width: int, height: int) -> np.ndarray:
+    """One ``h x w`` map as the metric sees it, at ``height x width``: float32 in [0, 1].
+
+    Upsampled as `upsample_maps` does and min-max normalised as `ciou` does
+    (`normalise_maps`), except that a flat map (all cells equal) gives zeros rather
+    than its interpolation's rounding noise stretched to [0, 1].
+    """
+    similarity = np.asarray(similarity, np.float32)
+    if similarity.max() == similarity.min():
+        return np.zeros((int(height), int(width)), np.float32)
+    resized = upsample_maps(similarity[None], (width, height))
+    return normalise_maps(resized.reshape(1, -1)).reshape(resized.shape[1:])
 
 
 def _binarize(normalised_maps: np.ndarray) -> np.ndarray:
@@ -193,12 +127,12 @@ def ciou(similarity_maps, gt_maps) -> np.ndarray:
     for start in range(0, len(maps), _CHUNK):
         chunk = slice(start, start + _CHUNK)
         values = upsample_maps(maps[chunk]).reshape(len(result[chunk]), -1)
-        result[chunk] = _ciou_of_predictions(_binarize(_normalise(values)), gt[chunk])
+        result[chunk] = _ciou_of_predictions(_binarize(normalise_maps(values)), gt[chunk])
     return result
 
 
-def _normalise(values: np.ndarray) -> np.ndarray:
-    """Min-max normalised ``N x P`` float32 maps (in place), constant maps left as they are."""
+def normalise_maps(values: np.ndarray) -> np.ndarray:
+    """Min-max normalised ``N x P`` float32 maps, in place (returned), constant maps left as they are."""
     low = values.min(axis=1, keepdims=True)
     span = values.max(axis=1, keepdims=True) - low
     constant = span[:, 0] == 0

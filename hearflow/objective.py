@@ -1,11 +1,83 @@
-"""The trimap contrastive objective (LVS / HTF Eq. 4-6, as released, made numerically safe)."""
+"""The training losses, their registry, and the loss of a global batch.
+
+A loss is a function ``loss(features, model, objective) -> scalar``: ``features`` are
+the global batch's `hearflow.model.htf.Features` (what ``model.embed`` returned on
+every process, gathered), ``model`` gives the second half (``model.similarity``) and
+``objective`` is the run's `ObjectiveConfig`. `register_loss` adds one under a name;
+``objective.loss: NAME`` selects it. Training reaches the model only through
+``embed`` (inside `global_batch_loss`) and whatever the loss calls, so nothing a
+method adds to the model is skipped.
+
+Registered here: ``lvs``, the trimap contrastive loss (LVS / HTF Eq. 4-6, as
+released, made numerically safe), `lvs_loss`.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from hearflow import distributed
 from hearflow.config import ObjectiveConfig
+from hearflow.errors import HearflowError
+
+if TYPE_CHECKING:
+    from hearflow.model.htf import HTF, Features
+
+LossFunction = Callable[["Features", "HTF", ObjectiveConfig], torch.Tensor]
+LOSSES: dict[str, LossFunction] = {}
+
+
+def register_loss(name: str) -> Callable[[LossFunction], LossFunction]:
+    """Decorator: ``@register_loss("mine")`` makes ``objective.loss: mine`` train with the function."""
+
+    def register(function: LossFunction) -> LossFunction:
+        LOSSES[name] = function
+        return function
+
+    return register
+
+
+def get_loss(name: str) -> LossFunction:
+    """The registered loss ``name``; HearflowError naming the registered ones otherwise."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise HearflowError(f"objective.loss is {name!r}; registered losses: {', '.join(LOSSES)}") from None
+
+
+def gather_features(features: "Features") -> "Features":
+    """Every field of ``features`` concatenated over all processes in rank order, with gradients
+    flowing back to their owner (`hearflow.distributed.gather_with_grad`), in float32 at least."""
+    return type(features)(*(
+        distributed.gather_with_grad(value.to(torch.promote_types(value.dtype, torch.float32)))
+        for value in features
+    ))
+
+
+def global_batch_loss(
+    embed: Callable[..., "Features"],
+    model: "HTF",
+    inputs: tuple[torch.Tensor, ...],
+    objective: ObjectiveConfig,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The loss of the global batch, the same scalar on every process.
+
+    embed: ``model.embed`` itself, or a module whose forward calls it (what
+    DistributedDataParallel wraps in training); inputs: this process's share of the
+    batch, ``(image, flow, spectrogram)``. The encoders run under autocast with
+    ``amp_dtype`` (None: the inputs' dtype); the features of all processes are gathered
+    (`gather_features`) and the registered loss ``objective.loss`` is computed on them
+    in float32 (float64 for float64 features).
+    """
+    loss = get_loss(objective.loss)
+    with torch.autocast(inputs[0].device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        features = embed(*inputs)
+    return loss(gather_features(features), model, objective)
 
 
 def soft_masked_mean(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
@@ -53,3 +125,10 @@ def lvs_loss(
     )
     target = torch.zeros(batch, dtype=torch.long, device=similarity.device)
     return F.cross_entropy(logits / temperature, target)
+
+
+@register_loss("lvs")
+def trimap_contrastive(features: "Features", model: "HTF", objective: ObjectiveConfig) -> torch.Tensor:
+    """LVS / HTF's loss: `lvs_loss` of the global batch's cross-similarity maps."""
+    cross_similarity = model.similarity(features).cross_similarity
+    return lvs_loss(cross_similarity, objective.eps_p, objective.eps_n, objective.tau, objective.temperature)

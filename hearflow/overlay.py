@@ -2,8 +2,8 @@
 
 `hearflow localize` (overlay videos and stills), `hearflow evaluate --save-maps` and
 the demo's figure all call `overlay_heatmap`, so a heatmap looks the same everywhere;
-`upsample_heatmap` turns a model's similarity map into such a heatmap at any size.
-Images are RGB uint8 H x W x 3 (numpy), heatmaps float H x W in [0, 1].
+`hearflow.metrics.heatmap` turns a model's similarity map into such a heatmap at any
+size. Images are RGB uint8 H x W x 3 (numpy), heatmaps float H x W in [0, 1].
 """
 
 from __future__ import annotations
@@ -12,22 +12,6 @@ import cv2
 import numpy as np
 
 DEFAULT_ALPHA = 0.5  # weight of the heatmap colours in the blend
-
-
-def upsample_heatmap(similarity: np.ndarray, width: int, height: int) -> np.ndarray:
-    """An h x w map resized to ``height x width`` (bicubic) and min-max normalised: float32 in [0, 1].
-
-    The resize is OpenCV's ``INTER_CUBIC``, the benchmark metric's. A flat map (all
-    cells equal) gives zeros, not its interpolation's rounding noise stretched to [0, 1].
-    """
-    similarity = np.asarray(similarity, np.float32)
-    if similarity.max() == similarity.min():
-        return np.zeros((int(height), int(width)), np.float32)
-    resized = cv2.resize(similarity, (int(width), int(height)), interpolation=cv2.INTER_CUBIC)
-    low, high = float(resized.min()), float(resized.max())
-    resized -= low
-    resized *= 1.0 / (high - low)
-    return resized
 
 
 def heatmap_colors(heatmap: np.ndarray) -> np.ndarray:

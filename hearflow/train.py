@@ -1,15 +1,21 @@
 """`hearflow train`: the training loop, in one process or many (DistributedDataParallel).
 
+Shaped like torchvision's references: `build` makes everything a run needs (data,
+model, optimiser; restored from ``last.pt`` on resume), `train_one_epoch` runs one
+pass, `fit` loops over epochs with validation and checkpoints, and `train` is the
+entry point the CLI calls.
+
 One epoch = one pass over the training set in global batches of
-``train.batch_size`` pairs; the trimap contrastive loss compares every image with
-every audio clip of the global batch. After each epoch: validation (cIoU@0.5, AUC,
-mean cIoU) when a validation set is given, one row in ``metrics.csv``, TensorBoard
-scalars, and the checkpoints:
+``train.batch_size`` pairs. A step runs ``model.embed`` on this process's share and
+the registered loss ``objective.loss`` (`hearflow.objective`) on the features of the
+global batch. After each epoch: validation (cIoU@0.5, AUC, mean cIoU) when a
+validation set is given, the checkpoints, a row of ``metrics.csv``, TensorBoard:
 
 - ``RUN_DIR/last.pt``: everything a resume needs (weights, optimiser, grad scaler,
   epoch, global step, python/numpy/torch RNG states, best score, data paths);
-- ``RUN_DIR/best.pt``: the epoch with the highest validation cIoU@0.5 (ties broken
-  by AUC); without a validation set, the epoch with the lowest mean training loss;
+- ``RUN_DIR/best.pt``: the weights of the epoch with the highest validation
+  cIoU@0.5 (ties broken by AUC); without a validation set, of the epoch with the
+  lowest mean training loss (no optimiser state: it is for evaluation);
 - ``RUN_DIR/config.yaml``: the run's full configuration.
 
 Under ``torchrun --nproc-per-node N`` each process reads ``batch_size / N`` pairs of
@@ -22,30 +28,30 @@ process would train with the same global batch.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
-import random
 import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from hearflow import distributed
 from hearflow.checkpoint import load_checkpoint, load_state, save_checkpoint
-from hearflow.config import Config, ObjectiveConfig, apply_overrides, preset_config
+from hearflow.config import Config, differences
 from hearflow.data.dataset import PreparedDataset
+from hearflow.data.lists import read_ids
 from hearflow.errors import HearflowError
-from hearflow.evaluate import ValidationSet, write_text
+from hearflow.io import csv_text, write_text
 from hearflow.model import HTF, build_model
-from hearflow.objective import lvs_loss
-from hearflow.prepare import read_ids
+from hearflow.objective import get_loss, global_batch_loss
+from hearflow.rng import rng_state, seed_everything, set_rng_state
+from hearflow.scoring import AnnotatedSet
 
 METRICS_COLUMNS = (
     "epoch",
@@ -58,60 +64,64 @@ METRICS_COLUMNS = (
     "val_mean_ciou",
     "is_best",
 )
-
-# Command-line flags that set a config field (they override the config file and --set).
-FLAG_FIELDS = {
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "workers": "train.workers",
-    "seed": "train.seed",
-}
+# Fields a resumed run may change: how long it runs and how it loads data.
+RESUMABLE_CHANGES = ("train.epochs", "train.workers")
 
 
-def training_config(
-    preset: str | None = None,
-    config_file: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    **flags: Any,
-) -> Config:
-    """The run's Config, each source overriding the previous one.
+@dataclass
+class RunPaths:
+    """The data a run reads: prepared folders, validation annotations, an id list (or None)."""
 
-    preset (default: the config file's ``preset`` key, else ``htf``) < the config
-    file's values < ``overrides`` (``--set KEY=VALUE``) < ``flags`` that are not None
-    (``epochs``, ``batch_size``, ``lr``, ``workers``, ``seed``).
-    """
-    file_values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            file_values = yaml.safe_load(Path(config_file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise HearflowError(f"cannot read config file {config_file}: {error}") from error
-        if not isinstance(file_values, dict):
-            raise HearflowError(f"config file {config_file} does not hold a mapping of config sections")
-    file_preset = file_values.pop("preset", None)
-    config = preset_config(preset or file_preset or "htf")
-    try:
-        config = Config.from_dict({"preset": config.preset, **file_values}) if file_values else config
-    except HearflowError as error:
-        raise HearflowError(f"config file {config_file}: {error}") from error
-    apply_overrides(config, dict(overrides or {}))
-    apply_overrides(config, {FLAG_FIELDS[name]: value for name, value in flags.items() if value is not None})
-    return config.validate()
+    train_dir: str | None = None
+    val_dir: str | None = None
+    val_annotations: str | None = None
+    train_ids: str | None = None
+
+    @staticmethod
+    def of(**paths: str | Path | None) -> "RunPaths":
+        return RunPaths(**{name: None if value is None else str(value) for name, value in paths.items()})
+
+
+@dataclass
+class RunState:
+    """What a resume restores besides weights and optimiser: where the run is, and its best epoch."""
+
+    epoch: int = 0
+    global_step: int = 0
+    best: dict[str, Any] = field(default_factory=dict)  # {"metric", "score", "epoch"}
+
+
+@dataclass
+class Trainer:
+    """Everything `train_one_epoch` and `fit` use; `build` makes one."""
+
+    config: Config
+    paths: RunPaths
+    run_dir: Path
+    context: distributed.Distributed
+    model: HTF
+    embedder: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    train_set: PreparedDataset
+    sampler: DistributedSampler
+    validation: AnnotatedSet | None
+    global_batch: int
+    local_batch: int
+    state: RunState
 
 
 def train(
     config: Config | None,
     train_dir: str | Path | None,
     out_dir: str | Path,
+    *,
     val_dir: str | Path | None = None,
     val_annotations: str | Path | None = None,
-    *,
     train_ids: str | Path | None = None,
     device: str = "auto",
     resume: bool = False,
-    epochs: int | None = None,
-    workers: int | None = None,
     pretrained: bool = True,
     deterministic: bool = False,
     skip_missing: bool = False,
@@ -119,316 +129,226 @@ def train(
 ) -> HTF:
     """Train a model on a prepared folder; returns it (last epoch's weights, eval mode).
 
-    config: the run's Config (see `training_config`); ignored with ``resume``, which
-    takes the run's own. train_dir / val_dir: prepared folders; val_annotations: a
-    VGG-SS JSON file or a folder of Flickr XML files; train_ids: a text file of ids
-    (one per line) selecting the training samples; out_dir: RUN_DIR. resume: continue
-    RUN_DIR from ``last.pt`` (data paths default to the run's; ``epochs`` may extend
-    it; ``workers`` may change). pretrained: ImageNet weights for the encoders the
-    config marks ``*_pretrained`` (downloaded by torchvision once). deterministic:
-    ``torch.use_deterministic_algorithms(True)`` (bit-identical reruns on CPU).
-    progress: draw the per-epoch progress bar (rank 0 only).
+    config: the run's Config (`hearflow.config.resolve`). With ``resume``, the run in
+    ``out_dir`` continues from ``last.pt`` with its recorded config: ``config`` may be
+    None, or must equal the recorded one but for `RESUMABLE_CHANGES` (more epochs,
+    other loader workers); data paths default to the run's. train_dir / val_dir:
+    prepared folders; val_annotations: a VGG-SS JSON file or a folder of Flickr XML
+    files; train_ids: a text file of ids (one per line) selecting the training samples.
+    pretrained: pre-trained weights (``model.pretrained_weights``) for the encoders the
+    config marks ``*_pretrained``. deterministic: ``torch.use_deterministic_algorithms``
+    (bit-identical reruns on CPU). progress: draw the progress bar (rank 0 only).
     """
     context = distributed.setup(device)
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
     try:
-        return _Run(
-            context, config, train_dir, out_dir, val_dir, val_annotations, train_ids,
-            resume, epochs, workers, pretrained, skip_missing, progress,
-        ).fit()
+        with _deterministic_algorithms(deterministic):
+            run_dir = Path(out_dir)
+            checkpoint = _last_checkpoint(run_dir) if resume else _check_new_run(run_dir)
+            requested = RunPaths.of(train_dir=train_dir, val_dir=val_dir, val_annotations=val_annotations,
+                                    train_ids=train_ids)
+            config, paths = _run_config_and_paths(config, requested, checkpoint, run_dir)
+            trainer = build(config, paths, run_dir, context, pretrained=pretrained and checkpoint is None,
+                            skip_missing=skip_missing, checkpoint=checkpoint)
+            return fit(trainer, progress)
     finally:
-        torch.use_deterministic_algorithms(was_deterministic)
         distributed.teardown(context)
 
 
-class Features(nn.Module):
-    """The part of the model a training step runs: ``(image, flow, spectrogram) ->
-    (visual maps B x c x h x w, audio vectors B x c)``, both L2-normalised.
+def run_config(run_dir: str | Path) -> Config:
+    """The recorded config of the run in ``run_dir`` (its ``config.yaml``, else its ``last.pt``)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").is_file():
+        return Config.from_yaml(run_dir / "config.yaml")
+    return Config.from_dict(_last_checkpoint(run_dir)["config"])
 
-    This is what DistributedDataParallel wraps; the similarity maps and the loss are
-    computed from the features of the global batch (`global_batch_loss`).
-    """
+
+class Embedder(nn.Module):
+    """``model.embed`` as a module's forward: what DistributedDataParallel wraps in training."""
 
     def __init__(self, model: HTF) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, image, flow, spectrogram):
-        return self.model.visual_map(image, flow), self.model.audnet(spectrogram)
+        return self.model.embed(image, flow, spectrogram)
 
 
-def training_features(model: HTF, context: distributed.Distributed) -> nn.Module:
-    """`Features` of ``model`` (already on ``context.device``) as a training step runs them:
+def training_embedder(model: HTF, context: distributed.Distributed) -> nn.Module:
+    """`Embedder` of ``model`` (already on ``context.device``) as a training step runs it:
     with synchronised BatchNorm and DistributedDataParallel when there are several processes."""
-    features = Features(model)
+    embedder = Embedder(model)
     if not context.enabled:
-        return features
+        return embedder
     distributed.synchronize_batchnorm(model, context.device)
     device_ids = [context.device.index] if context.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(features, device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(embedder, device_ids=device_ids)
 
 
-def global_batch_loss(
-    features: nn.Module,
-    image: torch.Tensor,
-    flow: torch.Tensor,
-    spectrogram: torch.Tensor,
-    objective: ObjectiveConfig,
-    amp_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """The trimap contrastive loss of the global batch, the same scalar on every process.
+def build(
+    config: Config,
+    paths: RunPaths,
+    run_dir: Path,
+    context: distributed.Distributed,
+    *,
+    pretrained: bool,
+    skip_missing: bool = False,
+    checkpoint: dict[str, Any] | None = None,
+) -> Trainer:
+    """Data, model, optimiser and run state; restored from ``checkpoint`` (a ``last.pt``) when given."""
+    get_loss(config.objective.loss)  # an unknown loss stops the run before any work
+    seed_everything(config.train.seed)
+    ids = None if paths.train_ids is None else read_ids(paths.train_ids)
+    train_set = PreparedDataset(paths.train_dir, config, train=True, ids=ids, skip_missing=skip_missing)
+    validation = None
+    if paths.val_dir is not None:
+        validation = AnnotatedSet(paths.val_dir, paths.val_annotations, config, skip_missing=skip_missing)
+    global_batch, local_batch = _batch_sizes(config.train.batch_size, len(train_set), context.world_size)
+    sampler = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True,
+                                 seed=config.train.seed)
+    model = build_model(config=config, pretrained=pretrained)
+    if checkpoint is not None:
+        load_state(model, checkpoint["state_dict"], run_dir / "last.pt")
+    model.to(context.device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    amp_dtype = amp_dtype_for(config.train.amp, context.device)
+    scaler = torch.amp.GradScaler(context.device.type, enabled=amp_dtype == torch.float16)
+    state = RunState(best={"metric": "val_ciou_at_0_5" if validation else "train_loss", "score": None, "epoch": 0})
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = RunState(int(checkpoint["epoch"]), int(checkpoint["global_step"]), dict(checkpoint["best"]))
+        set_rng_state(checkpoint["rng"])
+    return Trainer(config, paths, run_dir, context, model, training_embedder(model, context), optimizer, scaler,
+                   amp_dtype, train_set, sampler, validation, global_batch, local_batch, state)
 
-    Each process passes its share of the batch; visual maps and audio vectors of all
-    processes are gathered (in rank order, gradients flowing back to their owner), so
-    every image is compared with every audio clip of the global batch. The encoders
-    run under autocast with ``amp_dtype`` (None: the inputs' dtype); similarities and
-    the loss are computed in float32 (or float64 for float64 features).
-    """
-    with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        visual, audio = features(image, flow, spectrogram)
-    precision = torch.promote_types(visual.dtype, torch.float32)
-    visual = distributed.gather_with_grad(visual.to(precision))
-    audio = distributed.gather_with_grad(audio.to(precision))
-    cross_similarity = torch.einsum("ichw,jc->ijhw", visual, audio)
-    return lvs_loss(cross_similarity, objective.eps_p, objective.eps_n, objective.tau, objective.temperature)
+
+def train_one_epoch(trainer: Trainer, epoch: int, writer, progress: bool = True) -> dict[str, Any]:
+    """One pass over the training set; returns the epoch's row of ``metrics.csv`` (without validation)."""
+    config, device, state = trainer.config, trainer.context.device, trainer.state
+    trainer.model.train()
+    bar = tqdm(_loader(trainer, epoch), desc=f"epoch {epoch}/{config.train.epochs}", unit="batch",
+               disable=not (trainer.context.is_main and progress), dynamic_ncols=True, leave=True)
+    total_loss, steps, start = 0.0, 0, time.perf_counter()
+    for step, batch in enumerate(bar, start=1):
+        inputs = tuple(batch[key].to(device, non_blocking=True) for key in ("image", "flow", "spectrogram"))
+        loss = global_batch_loss(trainer.embedder, trainer.model, inputs, config.objective, trainer.amp_dtype)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise HearflowError(_nan_message(trainer, value, epoch, step))
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.scale(loss).backward()
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        state.global_step += 1
+        total_loss += value
+        steps += 1
+        rate = steps * trainer.global_batch / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.1f}")
+        if writer is not None:
+            writer.add_scalar("train/loss", value, state.global_step)
+    bar.close()
+    if steps == 0:
+        raise HearflowError("the training loader produced no batch")
+    return {
+        "epoch": epoch,
+        "global_step": state.global_step,
+        "train_loss": total_loss / steps,
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        "samples_per_s": steps * trainer.global_batch / max(time.perf_counter() - start, 1e-9),
+    }
 
 
-class _Run:
-    """The state of one training run; `fit` runs it. Not part of the public API."""
-
-    def __init__(
-        self, context, config, train_dir, out_dir, val_dir, val_annotations, train_ids,
-        resume, epochs, workers, pretrained, skip_missing, progress,
-    ) -> None:
-        self.context = context
-        self.progress = progress
-        self.run_dir = Path(out_dir)
-        self.last_path = self.run_dir / "last.pt"
-        self.best_path = self.run_dir / "best.pt"
-        state = self._resume_state(resume)
-        if state is not None:
-            config = Config.from_dict(state["config"])
-            paths = state["run"]
-            train_dir = train_dir or paths["train_dir"]
-            val_dir = val_dir or paths["val_dir"]
-            val_annotations = val_annotations or paths["val_annotations"]
-            train_ids = train_ids or paths["train_ids"]
-        elif config is None:
-            raise HearflowError("train needs a config (or resume=True with a run folder)")
-        config = Config.from_dict(config.to_dict())  # a private copy
-        if epochs is not None:
-            config.train.epochs = epochs
-        if workers is not None:
-            config.train.workers = workers
-        self.config = config.validate()
-        if train_dir is None:
-            raise HearflowError("no training data: pass --train DIR (a folder made by `hearflow prepare`)")
-        if (val_dir is None) != (val_annotations is None):
-            raise HearflowError("validation needs both --val DIR and --val-annotations PATH")
-        self.paths = {
-            "train_dir": str(train_dir),
-            "val_dir": None if val_dir is None else str(val_dir),
-            "val_annotations": None if val_annotations is None else str(val_annotations),
-            "train_ids": None if train_ids is None else str(train_ids),
-        }
-        _seed_everything(self.config.train.seed)
-
-        device = context.device
-        ids = None if train_ids is None else read_ids(train_ids)
-        self.train_set = PreparedDataset(train_dir, self.config, train=True, ids=ids, skip_missing=skip_missing)
-        self.validation = None
-        if val_dir is not None:
-            self.validation = ValidationSet(val_dir, val_annotations, self.config, skip_missing=skip_missing)
-        self.global_batch, self.local_batch = _batch_sizes(
-            self.config.train.batch_size, len(self.train_set), context.world_size
-        )
-        self.sampler = DistributedSampler(
-            self.train_set, num_replicas=context.world_size, rank=context.rank,
-            shuffle=True, seed=self.config.train.seed,
-        )
-
-        self.model = build_model(config=self.config, pretrained=pretrained and state is None)
-        if state is not None:
-            load_state(self.model, state["state_dict"], self.last_path)
-        self.model.to(device)
-        self.features = training_features(self.model, context)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(
-            trainable, lr=self.config.train.lr, weight_decay=self.config.train.weight_decay
-        )
-        self.amp_dtype = amp_dtype_for(self.config.train.amp, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-
-        self.epoch = 0
-        self.global_step = 0
-        self.best = {"metric": "val_ciou_at_0_5" if self.validation else "train_loss", "score": None, "epoch": 0}
-        if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
-            self.epoch = int(state["epoch"])
-            self.global_step = int(state["global_step"])
-            self.best = dict(state["best"])
-            _set_rng_state(state["rng"])
-
-    def _resume_state(self, resume: bool) -> dict | None:
-        if not resume:
-            if self.last_path.exists():
-                raise HearflowError(
-                    f"{self.run_dir} already holds a run ({self.last_path.name}); "
-                    "continue it with --resume, or choose another --out"
-                )
-            return None
-        if not self.last_path.exists():
-            raise HearflowError(f"cannot resume: {self.last_path} does not exist")
-        state = load_checkpoint(self.last_path)
-        missing = [key for key in ("optimizer", "epoch", "global_step", "rng", "best", "run") if key not in state]
-        if missing:
-            raise HearflowError(f"cannot resume from {self.last_path}: it lacks {', '.join(missing)}")
-        return state
-
-    # -- the loop ---------------------------------------------------------------------
-
-    def fit(self) -> HTF:
-        context, config = self.context, self.config
-        writer = None
+def fit(trainer: Trainer, progress: bool = True) -> HTF:
+    """Train from the state's epoch to ``train.epochs``, validating and saving after each; returns the model."""
+    config, context, state = trainer.config, trainer.context, trainer.state
+    if state.epoch >= config.train.epochs:
         if context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-            from torch.utils.tensorboard import SummaryWriter
+            tqdm.write(f"{trainer.run_dir} has trained {state.epoch} of {config.train.epochs} epochs: nothing to do "
+                       "(--epochs N continues it to N)")
+        return trainer.model.eval()
+    writer = None
+    if context.is_main:
+        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(trainer.run_dir / "config.yaml", config.to_yaml())
+        from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(self.run_dir), purge_step=self.global_step + 1 if self.epoch else None)
-        try:
-            for epoch in range(self.epoch + 1, config.train.epochs + 1):
-                row = self._train_epoch(epoch, writer)
-                if self.validation is not None:
-                    row.update(self.validation.score(self.model, self.context, self.local_batch))
-                row["is_best"] = self._is_best(row)
-                self.epoch = epoch
-                if context.is_main:
-                    self._log_epoch(row, writer)
-                    self._save_checkpoints(row)
-        finally:
-            if writer is not None:
-                writer.close()
-        return self.model.eval()
+        writer = SummaryWriter(str(trainer.run_dir), purge_step=state.global_step + 1 if state.epoch else None)
+    try:
+        for epoch in range(state.epoch + 1, config.train.epochs + 1):
+            row = train_one_epoch(trainer, epoch, writer, progress)
+            if trainer.validation is not None:
+                predictions = trainer.validation.predict(trainer.model, context, trainer.local_batch,
+                                                         config.train.workers, progress=progress)
+                _, results = trainer.validation.score(predictions)
+                row.update({f"val_{key}": results[key] for key in ("ciou_at_0_5", "auc", "mean_ciou")})
+            row["is_best"] = _is_best(state, row)
+            state.epoch = epoch
+            if context.is_main:
+                _save_checkpoints(trainer, row)
+                _log_epoch(trainer, row, writer)
+    finally:
+        if writer is not None:
+            writer.close()
+    return trainer.model.eval()
 
-    def _loader(self, epoch: int) -> DataLoader:
-        self.sampler.set_epoch(epoch)
-        self.train_set.set_epoch(epoch)
-        workers = self.config.train.workers
-        return DataLoader(
-            self.train_set,
-            batch_size=self.local_batch,
-            sampler=self.sampler,
-            num_workers=workers,
-            pin_memory=self.context.device.type == "cuda",
-            drop_last=True,
-        )
 
-    def _train_epoch(self, epoch: int, writer) -> dict[str, Any]:
-        config, device = self.config, self.context.device
-        self.model.train()
-        loader = self._loader(epoch)
-        bar = tqdm(
-            loader, desc=f"epoch {epoch}/{config.train.epochs}", unit="batch",
-            disable=not (self.context.is_main and self.progress), dynamic_ncols=True, leave=True,
-        )
-        total_loss, steps, samples, start = 0.0, 0, 0, time.perf_counter()
-        for step, batch in enumerate(bar, start=1):
-            image = batch["image"].to(device, non_blocking=True)
-            flow = batch["flow"].to(device, non_blocking=True)
-            spec = batch["spectrogram"].to(device, non_blocking=True)
-            loss = global_batch_loss(self.features, image, flow, spec, config.objective, self.amp_dtype)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise HearflowError(
-                    f"training stopped: the loss is {value} at epoch {epoch}, step {step} "
-                    f"(global step {self.global_step + 1}); "
-                    + (
-                        f"{self.last_path} (epoch {self.epoch}) is left as it was"
-                        if self.epoch
-                        else "no checkpoint was written yet"
-                    )
-                    + " (lower --lr, or try --set train.amp=off)"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.global_step += 1
-            total_loss += value
-            steps += 1
-            samples += self.global_batch
-            rate = samples / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.1f}")
-            if writer is not None:
-                writer.add_scalar("train/loss", value, self.global_step)
-        bar.close()
-        if steps == 0:
-            raise HearflowError("the training loader produced no batch")
-        return {
-            "epoch": epoch,
-            "global_step": self.global_step,
-            "train_loss": total_loss / steps,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "samples_per_s": samples / max(time.perf_counter() - start, 1e-9),
-        }
+# -- set-up ---------------------------------------------------------------------------
 
-    def _is_best(self, row: dict[str, Any]) -> bool:
-        if self.validation is not None:
-            score = (row["val_ciou_at_0_5"], row["val_auc"])
-            better = self.best["score"] is None or tuple(score) > tuple(self.best["score"])
-        else:
-            score = row["train_loss"]
-            better = self.best["score"] is None or score < self.best["score"]
-        if better:
-            self.best = {"metric": self.best["metric"], "score": score, "epoch": row["epoch"]}
-        return better
 
-    # -- files (rank 0) -----------------------------------------------------------------
+def _check_new_run(run_dir: Path) -> None:
+    if (run_dir / "last.pt").exists():
+        raise HearflowError(f"{run_dir} already holds a run (last.pt); continue it with --resume, or choose another --out")
 
-    def _log_epoch(self, row: dict[str, Any], writer) -> None:
-        path = self.run_dir / "metrics.csv"
-        rows = []
-        if path.exists():
-            with open(path, newline="") as file:
-                rows = [r for r in csv.DictReader(file) if int(r["epoch"]) < row["epoch"]]
-        rows.append({key: _csv_value(row.get(key)) for key in METRICS_COLUMNS})
-        text = io.StringIO()
-        table = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, lineterminator="\n")
-        table.writeheader()
-        table.writerows(rows)
-        write_text(path, text.getvalue())
-        for key in ("train_loss", "samples_per_s", "val_ciou_at_0_5", "val_auc", "val_mean_ciou"):
-            if row.get(key) is not None:
-                writer.add_scalar(f"epoch/{key}", row[key], self.global_step)
-        writer.flush()
-        summary = f"epoch {row['epoch']}: loss {row['train_loss']:.4f}"
-        if self.validation is not None:
-            summary += (
-                f", val cIoU@0.5 {row['val_ciou_at_0_5']:.4f}, AUC {row['val_auc']:.4f},"
-                f" mean cIoU {row['val_mean_ciou']:.4f}"
-            )
-        tqdm.write(summary + (" (best)" if row["is_best"] else ""))
 
-    def _save_checkpoints(self, row: dict[str, Any]) -> None:
-        extra = {
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "rng": _rng_state(),
-            "best": self.best,
-            "run": self.paths,
-            "metrics": {key: row.get(key) for key in METRICS_COLUMNS},
-        }
-        if row["is_best"]:
-            save_checkpoint(self.best_path, self.model, **extra)
-        save_checkpoint(self.last_path, self.model, **extra)
+def _last_checkpoint(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "last.pt"
+    if not path.exists():
+        raise HearflowError(f"cannot resume: {path} does not exist")
+    checkpoint = load_checkpoint(path)
+    missing = [key for key in ("optimizer", "epoch", "global_step", "rng", "best", "run") if key not in checkpoint]
+    if missing:
+        raise HearflowError(f"cannot resume from {path}: it lacks {', '.join(missing)}")
+    return checkpoint
+
+
+def _run_config_and_paths(
+    config: Config | None, requested: RunPaths, checkpoint: dict[str, Any] | None, run_dir: Path
+) -> tuple[Config, RunPaths]:
+    """The run's config and data: the requested ones, or on resume the recorded ones (checked against them)."""
+    if checkpoint is None:
+        if config is None:
+            raise HearflowError("train needs a config (or resume=True with a run folder)")
+        config, paths = Config.from_dict(config.to_dict()), requested  # a private copy
+    else:
+        recorded = Config.from_dict(checkpoint["config"])
+        if config is not None:
+            changed = differences(recorded, config, ignore=RESUMABLE_CHANGES)
+            if changed:
+                raise HearflowError(f"--resume continues {run_dir} with its recorded config, but {'; '.join(changed)}")
+            recorded.train.epochs, recorded.train.workers = config.train.epochs, config.train.workers
+        config = recorded
+        saved = checkpoint["run"]
+        paths = RunPaths(**{name: value if value is not None else saved.get(name)
+                            for name, value in asdict(requested).items()})
+    if paths.train_dir is None:
+        raise HearflowError("no training data: pass --train DIR (a folder made by `hearflow prepare`)")
+    if (paths.val_dir is None) != (paths.val_annotations is None):
+        raise HearflowError("validation needs both --val DIR and --val-annotations PATH")
+    return config.validate(), paths
+
+
+@contextmanager
+def _deterministic_algorithms(enabled: bool):
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
 
 
 def _batch_sizes(batch_size: int, n_samples: int, world_size: int) -> tuple[int, int]:
@@ -457,38 +377,70 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# -- the loop's parts -----------------------------------------------------------------
 
 
-def _rng_state() -> dict[str, Any]:
-    """The python, numpy and torch (CPU and CUDA) generator states, as checkpoint-safe values."""
-    version, internal, gauss_next = random.getstate()
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state = {
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _loader(trainer: Trainer, epoch: int) -> DataLoader:
+    trainer.sampler.set_epoch(epoch)
+    trainer.train_set.set_epoch(epoch)
+    return DataLoader(trainer.train_set, batch_size=trainer.local_batch, sampler=trainer.sampler,
+                      num_workers=trainer.config.train.workers, pin_memory=trainer.context.device.type == "cuda",
+                      drop_last=True)
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
-    numpy = state["numpy"]
-    np.random.set_state((
-        "MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-        numpy["has_gauss"], numpy["cached_gaussian"],
-    ))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _nan_message(trainer: Trainer, value: float, epoch: int, step: int) -> str:
+    state = trainer.state
+    kept = (f"{trainer.run_dir / 'last.pt'} (epoch {state.epoch}) is left as it was" if state.epoch
+            else "no checkpoint was written yet")
+    return (f"training stopped: the loss is {value} at epoch {epoch}, step {step} (global step "
+            f"{state.global_step + 1}); {kept} (lower --lr, or try --set train.amp=off)")
+
+
+def _is_best(state: RunState, row: dict[str, Any]) -> bool:
+    """Whether the epoch of ``row`` beats the best so far (updating ``state.best``)."""
+    if state.best["metric"] == "train_loss":
+        score = row["train_loss"]
+        better = state.best["score"] is None or score < state.best["score"]
+    else:
+        score = (row["val_ciou_at_0_5"], row["val_auc"])
+        better = state.best["score"] is None or tuple(score) > tuple(state.best["score"])
+    if better:
+        state.best = {"metric": state.best["metric"], "score": score, "epoch": row["epoch"]}
+    return better
+
+
+# -- files (rank 0) -------------------------------------------------------------------------
+
+
+def _save_checkpoints(trainer: Trainer, row: dict[str, Any]) -> None:
+    """``best.pt`` (weights and where they come from) when the epoch is the best, then ``last.pt``."""
+    state = trainer.state
+    summary = {"epoch": state.epoch, "global_step": state.global_step, "best": state.best,
+               "run": asdict(trainer.paths), "metrics": {key: row.get(key) for key in METRICS_COLUMNS}}
+    if row["is_best"]:
+        save_checkpoint(trainer.run_dir / "best.pt", trainer.model, **summary)
+    save_checkpoint(trainer.run_dir / "last.pt", trainer.model, optimizer=trainer.optimizer.state_dict(),
+                    scaler=trainer.scaler.state_dict(), rng=rng_state(), **summary)
+
+
+def _log_epoch(trainer: Trainer, row: dict[str, Any], writer) -> None:
+    """The epoch's row in ``metrics.csv`` (written after its checkpoints), TensorBoard and the console."""
+    path = trainer.run_dir / "metrics.csv"
+    rows = []
+    if path.exists():
+        with open(path, newline="") as file:
+            rows = [r for r in csv.DictReader(file) if int(r["epoch"]) < row["epoch"]]
+    rows.append({key: _csv_value(row.get(key)) for key in METRICS_COLUMNS})
+    write_text(path, csv_text(METRICS_COLUMNS, ([r[key] for key in METRICS_COLUMNS] for r in rows)))
+    for key in ("train_loss", "samples_per_s", "val_ciou_at_0_5", "val_auc", "val_mean_ciou"):
+        if row.get(key) is not None:
+            writer.add_scalar(f"epoch/{key}", row[key], trainer.state.global_step)
+    writer.flush()
+    summary = f"epoch {row['epoch']}: loss {row['train_loss']:.4f}"
+    if trainer.validation is not None:
+        summary += (f", val cIoU@0.5 {row['val_ciou_at_0_5']:.4f}, AUC {row['val_auc']:.4f},"
+                    f" mean cIoU {row['val_mean_ciou']:.4f}")
+    tqdm.write(summary + (" (best so far)" if row["is_best"] and trainer.validation is not None else ""))
 
 
 def _csv_value(value: Any) -> Any:

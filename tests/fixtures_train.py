@@ -2,7 +2,7 @@
 
 Import the fixtures into a test module with
 ``from fixtures_train import single_thread, synth_set  # noqa: F401``.
-The set is made once per session by `hearflow.synth.synthesize` and
+The set is made once per session by `hearflow.synthetic.clips.synthesize` and
 `hearflow.prepare.prepare` (real MP4 files through the real pipeline): 16 clips of
 64 x 64 pixels, 2 s, a quarter of them without a visible sound source.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hearflow.config import preset_config
 from hearflow.prepare import prepare
-from hearflow.synth import synthesize
+from hearflow.synthetic.clips import synthesize
+from hearflow.synthetic.presets import demo_config
 
 CLIPS = 16
 
@@ -43,7 +43,7 @@ class SynthSet:
 def synth_set(tmp_path_factory) -> SynthSet:
     root = tmp_path_factory.mktemp("synth_train")
     synthesize(root, clips=CLIPS, seed=3, progress=False, seconds=2.0, width=64, height=64, no_source=0.25)
-    summary = prepare(root / "videos", root / "prepared", preset_config("cpu-small").data, progress=False)
+    summary = prepare(root / "videos", root / "prepared", demo_config("cpu-small").data, progress=False)
     assert summary.prepared == CLIPS, summary.line()
     return SynthSet(root, root / "prepared", root / "annotations.json")
 
@@ -62,4 +62,4 @@ def small_config(**overrides):
     """cpu-small with a batch of 4, one epoch, no loader workers, unless overridden."""
     fields = {"train.batch_size": 4, "train.epochs": 1, "train.workers": 0}
     fields.update(overrides)
-    return preset_config("cpu-small", **fields)
+    return demo_config("cpu-small", **fields)

@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from hearflow.data.annotations import load_annotations
+from hearflow.data.annotations import gt_map_flickr, gt_map_vggss, load_annotations
 from hearflow.errors import HearflowError
-from hearflow.metrics import gt_map_flickr, gt_map_vggss
 from test_metrics import write_flickr_xml
 
 ENTRIES = [

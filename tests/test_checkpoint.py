@@ -12,6 +12,7 @@ import hearflow
 from hearflow.checkpoint import load, load_checkpoint, save_checkpoint
 from hearflow.errors import HearflowError
 from hearflow.model import build_model
+from hearflow.synthetic.presets import demo_config
 
 SMALL = {"width": 8, "image_size": 64, "train_resize": 70}
 
@@ -49,7 +50,7 @@ def test_own_format_round_trip_keeps_config_weights_and_extra(tmp_path):
 
 def test_extra_may_not_replace_the_checkpoint_entries(tmp_path):
     with pytest.raises(ValueError, match="config"):
-        save_checkpoint(tmp_path / "x.pt", build_model("cpu-small"), config={})
+        save_checkpoint(tmp_path / "x.pt", build_model(config=demo_config("cpu-small")), config={})
 
 
 @pytest.mark.parametrize("preset", ["htf-released", "htf-released-maxpool"])
@@ -80,7 +81,7 @@ def test_unsafe_pickles_are_refused(tmp_path):
 
 def test_corrupt_file_is_one_clear_error(tmp_path):
     path = tmp_path / "broken.pt"
-    save_checkpoint(path, build_model("cpu-small"))
+    save_checkpoint(path, build_model(config=demo_config("cpu-small")))
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(HearflowError, match=f"cannot read checkpoint {path}"):
         load(path)
@@ -114,3 +115,22 @@ def test_dict_that_is_no_checkpoint_and_non_dict_files_are_refused(tmp_path):
     torch.save(torch.zeros(2), tmp_path / "tensor.pt")
     with pytest.raises(HearflowError, match="not a checkpoint"):
         load(tmp_path / "tensor.pt")
+
+
+def test_inference_options_are_recorded_beside_the_config_and_an_old_flow_fusion_still_applies(tmp_path):
+    from hearflow.checkpoint import load_model
+    from hearflow.config import InferenceOptions
+
+    model = build_model(config=demo_config("cpu-small"))
+    save_checkpoint(tmp_path / "plain.pt", model)
+    assert load_model(tmp_path / "plain.pt")[1] == InferenceOptions()
+    save_checkpoint(tmp_path / "fused.pt", model, inference=InferenceOptions(flow_fusion=0.5))
+    loaded, options = load_model(tmp_path / "fused.pt")
+    assert options.flow_fusion == 0.5 and loaded.config == model.config
+    # A checkpoint of an earlier version kept the option in its model config: it still loads,
+    # the option becomes the recorded default and the config no longer holds it.
+    old = load_checkpoint(tmp_path / "plain.pt")
+    old["config"]["model"]["flow_fusion"] = 2.0
+    torch.save(old, tmp_path / "old.pt")
+    loaded, options = load_model(tmp_path / "old.pt")
+    assert options.flow_fusion == 2.0 and not hasattr(loaded.config.model, "flow_fusion")

@@ -13,7 +13,8 @@ from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
 from torch.utils.data import DataLoader
 
 from hearflow.config import preset_config
-from hearflow.data.dataset import PreparedDataset, fit_audio
+from hearflow.data.dataset import PreparedDataset
+from hearflow.data.transforms import fit_audio
 from hearflow.data.prepared import PreparedFolder, read_wav
 from hearflow.data.transforms import image_flow_tensors, spectrogram
 from hearflow.errors import HearflowError

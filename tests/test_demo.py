@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from hearflow.baselines import CenterBox, FlowMagnitude
-from hearflow.demo import (
-    STUDY_ROWS,
-    DemoData,
-    figure_ids,
-    flow_colors,
-    method_metrics,
-    picks,
-    study_markdown,
-    study_summary,
-)
-from hearflow.evaluate import Predictions
-from hearflow.metrics import ciou, gt_map_vggss
+from hearflow.data.annotations import gt_map_vggss
+from hearflow.metrics import ciou
+from hearflow.scoring import Predictions
+from hearflow.synthetic.baselines import CenterBox, FlowMagnitude
+from hearflow.synthetic.lab import DemoData, method_metrics, picks
+from hearflow.synthetic.report import figure_ids, flow_colors
+from hearflow.synthetic.study import STUDY_ROWS, study_markdown, study_summary
 
 
 def _record(sample_id, sounding, moves, twin=False, boxes=((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0))):
@@ -174,16 +168,16 @@ def test_a_frozen_pretrained_study_row_keeps_the_classifier_weights(tmp_path, mo
     classifier and, frozen, ends training with exactly its weights (BatchNorm included)."""
     import functools
 
-    import hearflow.demo as demo
-    import hearflow.pretrain as pretrain
+    import hearflow.synthetic.study as study
     from hearflow.checkpoint import load
     from hearflow.model.encoders import encoder_weights_state_dict
+    from hearflow.synthetic.lab import SIZES, DemoSize
 
     torch.set_num_threads(1)
-    monkeypatch.setitem(demo.SIZES, "quick", demo.DemoSize(train_clips=64, test_clips=8, epochs=1))
-    monkeypatch.setattr(pretrain, "make_pretrained_weights",
-                        functools.partial(pretrain.make_pretrained_weights, images_per_class=4, epochs=1))
-    demo.run_study(tmp_path, rows=["lvs-frozen"], seeds=(0,), settings=["default"], quick=True, workers=1,
+    monkeypatch.setitem(SIZES, "quick", DemoSize(train_clips=64, test_clips=8, epochs=1))
+    monkeypatch.setattr(study, "make_pretrained_weights",
+                        functools.partial(study.make_pretrained_weights, images_per_class=4, epochs=1))
+    study.run_study(tmp_path, rows=["lvs-frozen"], seeds=(0,), settings=["default"], quick=True, workers=1,
                    progress=False)
     data_dir = tmp_path / "default" / "data-seed0"
     weights = encoder_weights_state_dict(data_dir / "vision-classifier.pt", 16)

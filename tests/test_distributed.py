@@ -13,10 +13,12 @@ from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
 from torch import nn
 
 from hearflow import distributed
-from hearflow.config import ObjectiveConfig, preset_config
+from hearflow.config import ObjectiveConfig
 from hearflow.distributed import SyncBatchNorm2d, gather_with_grad, synchronize_batchnorm
 from hearflow.model import build_model
-from hearflow.train import global_batch_loss, train, training_features
+from hearflow.objective import global_batch_loss
+from hearflow.train import train, training_embedder
+from hearflow.synthetic.presets import demo_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -42,7 +44,7 @@ def _train_rank(rank, world_size, port, config, data, annotations, ids, run_dir,
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    model = train(config, data, run_dir, data, annotations, train_ids=ids, device="cpu")
+    model = train(config, data, run_dir, val_dir=data, val_annotations=annotations, train_ids=ids, device="cpu")
     torch.save(model.state_dict(), os.path.join(weights_dir, f"rank{rank}.pt"))
 
 
@@ -51,8 +53,8 @@ def test_two_gloo_processes_train_what_one_process_trains(synth_set, tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_text("".join(f"{sample_id}\n" for sample_id in synth_set.ids()[:8]))
     config = small_config(**{"train.epochs": 2, "train.seed": 5})  # global batch 4: 2 per process
-    train(config, synth_set.prepared, tmp_path / "one", synth_set.prepared, synth_set.annotations,
-                   train_ids=ids, device="cpu")
+    train(config, synth_set.prepared, tmp_path / "one", val_dir=synth_set.prepared,
+          val_annotations=synth_set.annotations, train_ids=ids, device="cpu")
     args = (2, _free_port(), config, synth_set.prepared, synth_set.annotations, ids, tmp_path / "two", tmp_path)
     mp.spawn(_train_rank, args=args, nprocs=2, join=True)
 
@@ -93,7 +95,7 @@ def test_sync_batchnorm_is_plain_batchnorm_in_one_process():
 
 def _double_model():
     torch.manual_seed(0)
-    return build_model(config=preset_config("cpu-small")).double()
+    return build_model(config=demo_config("cpu-small")).double()
 
 
 def _gradient_rank(rank, world_size, port, inputs, out_dir):
@@ -105,9 +107,9 @@ def _gradient_rank(rank, world_size, port, inputs, out_dir):
     context = distributed.setup("cpu")
     try:
         model = _double_model()
-        features = training_features(model, context)
-        assert isinstance(features, nn.parallel.DistributedDataParallel)
-        loss = global_batch_loss(features, *(x[rank::world_size] for x in inputs), ObjectiveConfig())
+        embedder = training_embedder(model, context)
+        assert isinstance(embedder, nn.parallel.DistributedDataParallel)
+        loss = global_batch_loss(embedder, model, tuple(x[rank::world_size] for x in inputs), ObjectiveConfig())
         loss.backward()
         torch.save(
             {"loss": loss.detach(), "grads": {n: p.grad for n, p in model.named_parameters()},
@@ -132,8 +134,8 @@ def test_gradients_of_two_processes_equal_one_process(tmp_path):
     mp.spawn(_gradient_rank, args=(2, _free_port(), inputs, str(tmp_path)), nprocs=2, join=True)
     model = _double_model()
     order = [0, 2, 4, 1, 3, 5]
-    loss = global_batch_loss(training_features(model, distributed.Distributed()), *(x[order] for x in inputs),
-                             ObjectiveConfig())
+    loss = global_batch_loss(training_embedder(model, distributed.Distributed()), model,
+                             tuple(x[order] for x in inputs), ObjectiveConfig())
     loss.backward()
     for rank in (0, 1):
         result = torch.load(tmp_path / f"grads{rank}.pt")

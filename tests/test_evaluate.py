@@ -16,9 +16,10 @@ from hearflow.cli import main
 from hearflow.data.annotations import load_annotations
 from hearflow.data.dataset import PreparedDataset
 from hearflow.errors import HearflowError
-from hearflow.evaluate import Predictions, evaluate, score
+from hearflow.evaluate import evaluate
 from hearflow.metrics import ap_max_f1, ciou, summarize
 from hearflow.model import build_model
+from hearflow.scoring import Predictions, score
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -3,7 +3,7 @@
 Known answers come from a hand-built model whose similarity map is the mean
 brightness of each map cell (`BrightSpotModel`): the peak must then land on the
 brightest object of the frame, in the video's own (display) pixels. The CLI runs
-with a real (small, untrained) HTF checkpoint on clips from `hearflow.synth` and on
+with a real (small, untrained) HTF checkpoint on clips from `hearflow.synthetic.clips` and on
 odd files written with PyAV.
 """
 
@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from hearflow import build_model
 from hearflow.checkpoint import save_checkpoint
 from hearflow.cli import main
-from hearflow.config import preset_config
 from hearflow.errors import HearflowError
 from hearflow.localize import BOX_THRESHOLD, Localizer, localize_video, peak_and_box
-from hearflow.overlay import upsample_heatmap
-from hearflow.synth import synthesize
+from hearflow.metrics import heatmap as metric_heatmap
+from hearflow.synthetic.clips import synthesize
+from hearflow.synthetic.presets import demo_config
 from media_fixtures import tone_track, write_video
 
 FPS = 25
@@ -43,9 +43,9 @@ class BrightSpotModel(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.config = preset_config("cpu-small")
+        self.config = demo_config("cpu-small")
 
-    def forward(self, image, flow, spectrogram):
+    def forward(self, image, flow, spectrogram, flow_fusion=0.0):
         cells = F.avg_pool2d(image.mean(1, keepdim=True), self.config.model.map_stride)[:, 0]
         return SimpleNamespace(similarity=cells)
 
@@ -113,20 +113,20 @@ def slow_peak_and_box(heatmap, threshold):
 def test_peak_and_box_match_a_flood_fill(seed):
     rng = np.random.default_rng(seed)
     similarity = rng.standard_normal((5, 6)).astype(np.float32)
-    heatmap = upsample_heatmap(similarity, 31 + seed, 23)
+    heatmap = metric_heatmap(similarity, 31 + seed, 23)
     assert peak_and_box(heatmap) == slow_peak_and_box(heatmap, BOX_THRESHOLD)
 
 
 def test_heatmap_is_bicubic_min_max_at_the_video_size():
     similarity = np.zeros((8, 8), np.float32)
     similarity[2, 5] = 1.0  # cell (row 2, column 5)
-    heatmap = upsample_heatmap(similarity, 320, 180)
+    heatmap = metric_heatmap(similarity, 320, 180)
     assert heatmap.shape == (180, 320) and heatmap.dtype == np.float32
     assert heatmap.min() == 0.0 and heatmap.max() == 1.0
     (x, y), box = peak_and_box(heatmap)
     assert 5 * 40 <= x < 6 * 40 and 2 * 22.5 <= y < 3 * 22.5  # inside that cell's pixels
     assert inside((x, y), box) and box[2] - box[0] < 100
-    assert not upsample_heatmap(np.full((7, 7), 0.3, np.float32), 50, 40).any()  # flat map: zeros
+    assert not metric_heatmap(np.full((7, 7), 0.3, np.float32), 50, 40).any()  # flat map: zeros
 
 
 def test_localize_arrays_finds_the_bright_object():
@@ -213,7 +213,7 @@ def test_overlay_holds_each_heatmap_until_the_next_step(tmp_path):
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "small.pt"
     torch.manual_seed(0)
-    save_checkpoint(path, build_model("cpu-small", width=8))
+    save_checkpoint(path, build_model(config=demo_config("cpu-small"), width=8))
     return path
 
 
@@ -315,6 +315,24 @@ def test_input_threads_change_nothing_but_speed(checkpoint, clip):
         Localizer(model, device="cpu", input_threads=0)
 
 
+def test_flow_fusion_is_the_localizers_option_and_leaves_the_model_as_it_was(checkpoint, clip):
+    import copy
+
+    from hearflow.checkpoint import load
+
+    model = load(checkpoint)
+    config = copy.deepcopy(model.config)
+    fused = Localizer(model, device="cpu", flow_fusion=1.0)
+    plain = Localizer(model, device="cpu")
+    assert model.config == config  # the caller's model is untouched
+    assert (fused.options.flow_fusion, plain.options.flow_fusion) == (1.0, 0.0)
+    one, other = next(fused.localize(clip)), next(plain.localize(clip))
+    assert not np.array_equal(one.similarity, other.similarity)  # the synthetic clip moves at frame 0
+    assert Localizer.from_checkpoint(checkpoint, device="cpu").options.flow_fusion == 0.0
+    with pytest.raises(HearflowError, match="non-negative"):
+        Localizer(model, device="cpu", flow_fusion=-0.5)
+
+
 def test_each_bad_input_gets_one_error_line_and_the_rest_is_processed(tmp_path, checkpoint, clip, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -368,6 +386,7 @@ def test_short_variable_rate_clip_with_other_audio_codec(tmp_path, checkpoint):
 MEMORY_SCRIPT = """
 import sys
 from hearflow.localize import Localizer, localize_video
+from hearflow.synthetic.presets import demo_config
 localizer = Localizer.from_checkpoint(sys.argv[1], device="cpu")
 localize_video(localizer, sys.argv[2], sys.argv[3], every=0.5, png=False)
 print([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")][0])

@@ -12,17 +12,8 @@ import numpy as np
 import pytest
 
 from hearflow.errors import HearflowError
-from hearflow.metrics import (
-    _binarize,
-    ap_max_f1,
-    ciou,
-    flickr_consensus_map,
-    gt_map_flickr,
-    gt_map_vggss,
-    read_flickr_boxes,
-    summarize,
-    upsample_maps,
-)
+from hearflow.data.annotations import flickr_consensus_map, gt_map_flickr, gt_map_vggss, read_flickr_boxes
+from hearflow.metrics import _binarize, ap_max_f1, ciou, summarize, upsample_maps
 
 # ---------------------------------------------------------------------------------------
 # The released evaluation, restated per sample (references for the vectorised code)

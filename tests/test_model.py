@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import urllib.error
@@ -18,6 +19,7 @@ from hearflow.model import build_model
 from hearflow.model.encoders import AudioEncoder, imagenet_weights_file
 from hearflow.model.resnet import ResNetTrunk
 from hearflow.objective import lvs_loss
+from hearflow.synthetic.presets import DEMO_PRESETS, demo_config
 
 SMALL = {"width": 8, "image_size": 64, "train_resize": 70, "prior_dim": 16}
 
@@ -139,7 +141,7 @@ def test_missing_weights_without_network_is_a_clear_error(monkeypatch):
 def test_pretrained_with_another_width_is_an_error():
     with pytest.raises(HearflowError, match="width"):
         build_model("htf", pretrained=True, width=32)
-    build_model("cpu-small", pretrained=True)  # nothing ImageNet-initialised: no weights needed
+    build_model(config=demo_config("cpu-small"), pretrained=True)  # nothing ImageNet-initialised: no weights needed
 
 
 # ---------------------------------------------------------------- the model
@@ -174,14 +176,13 @@ def test_flow_matters_with_a_prior_and_is_ignored_without():
         assert torch.equal(lvs(image, flow, spectrogram).similarity, lvs(image, None, spectrogram).similarity)
 
 
-def test_flow_fusion_scales_by_normalised_block_max_of_flow_magnitude_in_eval_only():
+def test_flow_fusion_is_an_argument_scaling_by_normalised_block_max_of_flow_magnitude():
     image, flow, spectrogram = inputs(2, 64)
     flow[1] = 0
-    model = build_model("htf", flow_fusion=0.5, **SMALL).eval()
-    plain = build_model("htf", **SMALL).eval()
-    plain.load_state_dict(model.state_dict())
+    model = build_model("htf", **SMALL).eval()
+    config = copy.deepcopy(model.config)
     with torch.no_grad():
-        fused, base = model(image, flow, spectrogram), plain(image, flow, spectrogram)
+        fused, base = model(image, flow, spectrogram, flow_fusion=0.5), model(image, flow, spectrogram)
     magnitude = torch.sqrt(flow[:, 0] ** 2 + flow[:, 1] ** 2)  # B x 64 x 64
     blocks = magnitude.view(2, 2, 32, 2, 32).amax(dim=(2, 4))  # 2 x 2 map, 32-pixel cells
     motion = torch.zeros_like(blocks)
@@ -189,8 +190,30 @@ def test_flow_fusion_scales_by_normalised_block_max_of_flow_magnitude_in_eval_on
     expected = base.cross_similarity * (1 + 0.5 * motion[:, None])
     assert torch.allclose(fused.cross_similarity, expected, atol=1e-6)
     assert torch.allclose(fused.similarity[1], base.similarity[1])  # zero flow: unchanged
-    model.train(), plain.train()
-    assert torch.allclose(model(image, flow, spectrogram).similarity, plain(image, flow, spectrogram).similarity)
+    assert model.config == config  # nothing was written into the model
+    with pytest.raises(HearflowError, match="non-negative"):
+        model(image, flow, spectrogram, flow_fusion=-1.0)
+    with pytest.raises(HearflowError, match="needs the flow"):
+        build_model("lvs", **SMALL).eval()(image, None, spectrogram, flow_fusion=1.0)
+
+
+def test_forward_is_similarity_of_embed_and_embed_holds_every_learnable_part():
+    image, flow, spectrogram = inputs(3, 64)
+    model = build_model("htf", prior_gate=True, **SMALL).eval()
+    with torch.no_grad():
+        features = model.embed(image, flow, spectrogram)
+        halves = model.similarity(features)
+        whole = model(image, flow, spectrogram)
+    assert features.visual.shape == (3, 64, 2, 2) and features.audio.shape == (3, 64)
+    torch.testing.assert_close(features.visual.norm(dim=1), torch.ones(3, 2, 2))
+    assert torch.equal(halves.cross_similarity, whole.cross_similarity)
+    assert torch.equal(halves.similarity, torch.diagonal(whole.cross_similarity).permute(2, 0, 1))
+    # Every parameter (the gate included) gets a gradient through embed alone.
+    model.train()
+    features = model.embed(image, flow, spectrogram)
+    model.similarity(features).cross_similarity.square().sum().backward()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and {name for name, p in model.named_parameters() if p.grad is not None} == trainable
 
 
 def test_output_shapes_at_full_size():
@@ -202,10 +225,9 @@ def test_output_shapes_at_full_size():
         assert out.similarity.abs().max() <= 1 + 1e-5
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", [*PRESETS, *DEMO_PRESETS])
 def test_every_preset_gives_maps_of_its_size_and_gradients_reach_exactly_the_trainable_parameters(preset):
-    overrides = {} if preset == "cpu-small" else SMALL
-    model = build_model(preset, **overrides)
+    model = build_model(config=demo_config(preset)) if preset in DEMO_PRESETS else build_model(preset, **SMALL)
     m, size = model.config.model, model.config.data.image_size
     side = size // m.map_stride
     out = model(*inputs(3, size))

@@ -10,6 +10,7 @@ import torch
 
 from hearflow.model import build_model
 from hearflow.objective import lvs_loss
+from hearflow.synthetic.presets import demo_config
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -72,7 +73,7 @@ def test_far_below_threshold_keeps_the_weighted_mean_and_finite_gradients():
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("case", ["zero audio", "constant image"])
 def test_finite_loss_and_gradients_through_the_model_on_degenerate_inputs(batch, case):
-    model = build_model("cpu-small")
+    model = build_model(config=demo_config("cpu-small"))
     image = torch.randn(batch, 3, 64, 64)
     flow = torch.randn(batch, 2, 64, 64)
     spectrogram = torch.randn(batch, 1, 64, 40)

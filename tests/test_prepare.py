@@ -19,7 +19,7 @@ from hearflow.cli import main
 from hearflow.data.prepared import CsvLog, MANIFEST_COLUMNS, PreparedFolder, encode_wav, read_wav
 from hearflow.errors import HearflowError
 from hearflow.media.flow import working_size
-from hearflow.prepare import (
+from hearflow.data.lists import (
     key_frame_from_one_based,
     parse_shard,
     read_ids,

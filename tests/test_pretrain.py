@@ -7,18 +7,19 @@ import pytest
 import torch
 
 from hearflow import build_model
-from hearflow.config import preset_config
 from hearflow.data.transforms import image_flow_tensors
 from hearflow.errors import HearflowError
 from hearflow.model.encoders import encoder_weights_state_dict
-from hearflow.pretrain import (
+from hearflow.synthetic.pretrain import (
     make_pretrained_weights,
     object_images,
     pretrain_image_encoder,
     pretraining_classes,
     save_encoder_weights,
 )
-from hearflow.synth import SynthSettings, render_object_image, synth_classes
+from hearflow.synthetic.plan import SynthSettings, synth_classes
+from hearflow.synthetic.render import render_object_image
+from hearflow.synthetic.presets import demo_config
 
 
 def test_pretraining_classes_are_not_the_benchmarks():
@@ -65,7 +66,7 @@ def test_pretraining_learns_to_name_held_out_objects():
     held-out images, must be far above what an untrained trunk gives.
     """
     torch.set_num_threads(1)
-    config = preset_config("demo-lvs")
+    config = demo_config("demo-lvs")
     classes = range(16, 20)
     images, labels = object_images(160, seed=3, classes=classes)
     state, accuracy = pretrain_image_encoder(config, images, labels, epochs=8, batch_size=32, progress=False)
@@ -90,7 +91,7 @@ def test_pretraining_learns_to_name_held_out_objects():
 
 
 def test_pretrained_weights_file_initialises_the_encoders(tmp_path):
-    config = preset_config("demo-htf", **{"model.flow_encoder": "resnet18", "model.vision_pretrained": True,
+    config = demo_config("demo-htf", **{"model.flow_encoder": "resnet18", "model.vision_pretrained": True,
                                           "model.flow_pretrained": True, "model.flow_conv1_init": "rgb-mean"})
     source = build_model(config=config).imgnet.state_dict()
     state = {name: torch.randn_like(tensor) if tensor.is_floating_point() else tensor for name, tensor in source.items()}
@@ -109,7 +110,7 @@ def test_pretrained_weights_file_initialises_the_encoders(tmp_path):
 
 
 def test_bad_pretrained_weights_files_are_clear_errors(tmp_path):
-    config = preset_config("demo-lvs", **{"model.vision_pretrained": True})
+    config = demo_config("demo-lvs", **{"model.vision_pretrained": True})
     config.model.pretrained_weights = str(tmp_path / "missing.pt")
     with pytest.raises(HearflowError, match="missing.pt does not exist"):
         build_model(config=config, pretrained=True)
@@ -118,16 +119,16 @@ def test_bad_pretrained_weights_files_are_clear_errors(tmp_path):
     with pytest.raises(HearflowError, match="not a file of encoder weights"):
         encoder_weights_state_dict(other, 16)
     wide = tmp_path / "wide.pt"
-    save_encoder_weights(wide, build_model("cpu-small", width=32).imgnet.state_dict(), 32)
+    save_encoder_weights(wide, build_model(config=demo_config("cpu-small"), width=32).imgnet.state_dict(), 32)
     with pytest.raises(HearflowError, match="width 32, the model has model.width 16"):
         encoder_weights_state_dict(wide, 16)
 
 
 def test_make_pretrained_weights_is_made_once(tmp_path, monkeypatch):
-    import hearflow.pretrain as pretrain
+    import hearflow.synthetic.pretrain as pretrain
 
     calls = []
-    config = preset_config("demo-lvs")
+    config = demo_config("demo-lvs")
 
     def fake_images(count, seed, classes):
         calls.append((count, seed, classes))

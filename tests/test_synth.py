@@ -15,18 +15,9 @@ import pytest
 
 from hearflow.cli import build_parser, main
 from hearflow.errors import HearflowError
-from hearflow.synth import (
-    SynthSettings,
-    annotation_record,
-    clip_record,
-    plan_clip,
-    render_audio,
-    render_background,
-    render_frames,
-    render_sprite,
-    synth_classes,
-    synthesize,
-)
+from hearflow.synthetic.clips import annotation_record, clip_record, synthesize
+from hearflow.synthetic.plan import SynthSettings, plan_clip, synth_classes
+from hearflow.synthetic.render import render_audio, render_background, render_frames, render_sprite
 
 SHORT = {"seconds": 1.2}  # 30 frames, key frame 15: same drawing, a quarter of the encoding time
 MIXED = {"twins": 0.3, "no_source": 0.3, **SHORT}  # the module's clip set

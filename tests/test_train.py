@@ -9,12 +9,13 @@ import torch
 import yaml
 from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
 
-import hearflow.train as train_module
 from hearflow.checkpoint import load, load_checkpoint
 from hearflow.cli import main
 from hearflow.config import Config
 from hearflow.errors import HearflowError
-from hearflow.train import METRICS_COLUMNS, train, training_config
+from hearflow.config import resolve
+from hearflow.objective import LOSSES, lvs_loss, register_loss
+from hearflow.train import METRICS_COLUMNS, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,42 +45,46 @@ def test_config_precedence_preset_file_set_flags(tmp_path):
         "model": {"width": 32},
         "train": {"lr": 0.01, "epochs": 7, "batch_size": 16},
     }))
-    config = training_config(config_file=path)
+    config = resolve(file=path)
     assert (config.preset, config.model.prior, config.model.width) == ("lvs", "none", 32)
     assert (config.train.lr, config.train.epochs, config.train.batch_size) == (0.01, 7, 16)
-    config = training_config("cpu-small", path, {"train.lr": "0.002", "train.epochs": "9"}, epochs=3, seed=None)
-    assert config.preset == "cpu-small" and config.model.prior == "channel"  # --preset beats the file's preset
+    config = resolve("htf", path, ["train.lr=0.002", "train.epochs=9"], {"train.epochs": 3, "train.seed": None})
+    assert config.preset == "htf" and config.model.prior == "channel"  # --preset beats the file's preset
     assert config.model.width == 32  # the file beats the preset
     assert config.train.lr == 0.002  # --set beats the file
     assert config.train.epochs == 3  # an explicit flag beats --set
     assert config.train.seed == 0  # a flag left out changes nothing
     with pytest.raises(HearflowError, match="unknown config key"):
-        training_config("htf", None, {"train.nope": "1"})
+        resolve("htf", None, ["train.nope=1"])
     path.write_text("- not a mapping\n")
     with pytest.raises(HearflowError, match="mapping"):
-        training_config(config_file=path)
+        resolve(file=path)
 
 
-def test_every_recipe_in_configs_loads():
-    from pathlib import Path
-
-    recipes = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-    assert len(recipes) >= 22
-    for recipe in recipes:
-        config = training_config(config_file=recipe)
-        assert (config.train.epochs, config.train.batch_size, config.train.lr) == (100, 128, 1e-3), recipe
-    assert training_config(config_file=recipes[0].with_name("table5-a.yaml")).model.flow_encoder == "maxpool"
-    assert training_config(config_file=recipes[0].with_name("table4-a.yaml")).model.vision_pretrained is False
+def test_a_full_config_file_of_a_demo_configuration_resolves_and_a_partial_one_is_refused(tmp_path):
+    full = tmp_path / "small.yaml"
+    full.write_text(small_config().to_yaml())
+    assert resolve(file=full) == small_config()
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump({"preset": "cpu-small", "model": {"width": 8}}))
+    with pytest.raises(HearflowError, match="unknown preset 'cpu-small' and the config does not give every field"):
+        resolve(file=partial)
 
 
-def test_cli_train_writes_the_run_folder(synth_set, tmp_path, capsys):
+def _small_yaml(tmp_path):
+    path = tmp_path / "cpu-small.yaml"
+    path.write_text(small_config().to_yaml())
+    return str(path)
+
+
+def test_cli_train_writes_the_run_folder_and_resumes_with_the_same_command_line(synth_set, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    status = main([
-        "train", "--preset", "cpu-small", "--train", str(synth_set.prepared), "--val", str(synth_set.prepared),
-        "--val-annotations", str(synth_set.annotations), "--out", str(run_dir), "--epochs", "1",
-        "--batch-size", "4", "--workers", "0", "--set", "train.lr=0.002",
-    ])
-    assert status == 0
+    command = [
+        "train", "--config", _small_yaml(tmp_path), "--train", str(synth_set.prepared), "--val", str(synth_set.prepared),
+        "--val-annotations", str(synth_set.annotations), "--batch-size", "4", "--workers", "0",
+        "--set", "train.lr=0.002",
+    ]
+    assert main([*command, "--out", str(run_dir), "--epochs", "1"]) == 0
     assert {"best.pt", "last.pt", "config.yaml", "metrics.csv"} <= {p.name for p in run_dir.iterdir()}
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert not list(run_dir.glob("*.tmp-*"))
@@ -95,24 +100,73 @@ def test_cli_train_writes_the_run_folder(synth_set, tmp_path, capsys):
     assert last["best"]["metric"] == "val_ciou_at_0_5" and last["best"]["epoch"] == 1
     assert {"python", "numpy", "torch"} <= set(last["rng"]) and last["optimizer"]["state"]
     assert last["run"]["train_dir"] == str(synth_set.prepared)
+    best = load_checkpoint(run_dir / "best.pt")
+    assert "optimizer" not in best and best["epoch"] == 1  # best.pt is for evaluation
     model = load(run_dir / "best.pt")
     assert not model.training and model.config.preset == "cpu-small"
     assert "epoch 1: loss" in capsys.readouterr().out
 
+    # The same command line again, with --resume and more epochs: accepted.
+    assert main([*command, "--resume", str(run_dir), "--epochs", "2"]) == 0
+    assert [row["epoch"] for row in _rows(run_dir)] == ["1", "2"]
+    assert main(["train", "--resume", str(run_dir), "--epochs", "2"]) == 0  # nothing left to do: says so
+    assert "has trained 2 of 2 epochs: nothing to do" in capsys.readouterr().out
+    # A value that differs from the run's is refused, naming the field.
+    assert main([*command, "--resume", str(run_dir), "--lr", "0.1"]) == 1
+    assert "train.lr is 0.002 there, 0.1 here" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run_dir), "--preset", "htf"]) == 1
+    assert "model.width is 16 there, 64 here" in capsys.readouterr().err
+
 
 def test_cli_usage_errors(synth_set, tmp_path, capsys):
-    assert main(["train", "--preset", "cpu-small", "--train", str(synth_set.prepared)]) == 1
+    small = _small_yaml(tmp_path)
+    assert main(["train", "--config", small, "--train", str(synth_set.prepared)]) == 1
     assert "--out" in capsys.readouterr().err
-    assert main(["train", "--resume", str(tmp_path), "--lr", "0.1"]) == 1
-    assert "--lr" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 1
     assert "last.pt does not exist" in capsys.readouterr().err
-    assert main(["train", "--preset", "cpu-small", "--train", str(synth_set.prepared), "--out", str(tmp_path / "r"),
+    assert main(["train", "--config", small, "--train", str(synth_set.prepared), "--out", str(tmp_path / "r"),
                  "--batch-size", "64", "--workers", "0"]) == 1
     assert "fewer than one batch" in capsys.readouterr().err
-    assert main(["train", "--preset", "cpu-small", "--train", str(synth_set.prepared), "--out", str(tmp_path / "r"),
+    assert main(["train", "--config", small, "--train", str(synth_set.prepared), "--out", str(tmp_path / "r"),
                  "--val", str(synth_set.prepared)]) == 1
     assert "--val-annotations" in capsys.readouterr().err
+    assert main(["train", "--config", small, "--train", str(synth_set.prepared), "--out", str(tmp_path / "r"),
+                 "--set", "objective.loss=nope", "--workers", "0"]) == 1
+    assert "objective.loss is 'nope'; registered losses: lvs" in capsys.readouterr().err
+
+
+def test_a_loss_registered_from_outside_trains_through_the_models_halves(synth_set, tmp_path):
+    """A method = a model configuration + a registered loss: the loss sees the features of
+    ``model.embed`` (every learnable part) and reaches the maps through ``model.similarity``."""
+    seen = []
+
+    @register_loss("test-mean-map")
+    def mean_map_loss(features, model, objective):
+        seen.append((tuple(features.visual.shape), tuple(features.audio.shape)))
+        cross = model.similarity(features).cross_similarity
+        return lvs_loss(cross) + 0.0 * cross.mean()
+
+    try:
+        ids = _ids_file(tmp_path / "ids.txt", synth_set.ids()[:8])
+        config = small_config(**{"objective.loss": "test-mean-map", "model.prior": "spatial", "model.prior_gate": True})
+        before = build_model_like(config)
+        model = train(config, synth_set.prepared, tmp_path / "run", train_ids=ids, pretrained=False)
+    finally:
+        del LOSSES["test-mean-map"]
+    assert seen == [((4, 128, 8, 8), (4, 128))] * 2  # two steps of 4 (8 samples), global batches
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["objective"]["loss"] == "test-mean-map"
+    changed = {name.split(".")[0] for name, value in model.state_dict().items()
+               if value.is_floating_point() and not torch.equal(value, before[name])}
+    assert {"imgnet", "audnet", "flownet", "flowatt"} <= changed  # what the method adds was trained too
+
+
+def build_model_like(config):
+    """The initial weights ``train`` starts from for ``config`` (same seed, same order)."""
+    from hearflow.model import build_model
+    from hearflow.rng import seed_everything
+
+    seed_everything(config.train.seed)
+    return {name: value.clone() for name, value in build_model(config=config).state_dict().items()}
 
 
 @pytest.mark.slow
@@ -136,7 +190,8 @@ def test_resume_continues_exactly(synth_set, tmp_path):
     config.train.epochs = 1
     train(config, synth_set.prepared, tmp_path / "split", train_ids=ids, deterministic=True)
     assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
-    resumed = train(None, None, tmp_path / "split", resume=True, epochs=2, deterministic=True)
+    config.train.epochs = 2  # the recorded config with more epochs: a resume may extend the run
+    resumed = train(config, None, tmp_path / "split", resume=True, deterministic=True)
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
     one, two = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "split" / "last.pt")
@@ -156,16 +211,16 @@ def test_nan_loss_stops_and_leaves_the_last_checkpoint(synth_set, tmp_path, monk
     train(small_config(), synth_set.prepared, run_dir, train_ids=ids)
     saved = (run_dir / "last.pt").read_bytes()
     calls = []
-    real_loss = train_module.lvs_loss
+    real_loss = LOSSES["lvs"]
 
-    def loss_going_nan(*args, **kwargs):
+    def loss_going_nan(*args):
         calls.append(1)
-        loss = real_loss(*args, **kwargs)
+        loss = real_loss(*args)
         return loss * float("nan") if len(calls) == 2 else loss
 
-    monkeypatch.setattr(train_module, "lvs_loss", loss_going_nan)
+    monkeypatch.setitem(LOSSES, "lvs", loss_going_nan)
     with pytest.raises(HearflowError, match=r"loss is nan at epoch 2, step 2 \(global step 4\).*last\.pt \(epoch 1\)"):
-        train(None, None, run_dir, resume=True, epochs=2)
+        train(small_config(**{"train.epochs": 2}), None, run_dir, resume=True)
     assert (run_dir / "last.pt").read_bytes() == saved
     assert len(_rows(run_dir)) == 1
 

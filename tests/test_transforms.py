@@ -16,6 +16,7 @@ from hearflow.data.transforms import (
     spectrogram,
 )
 from hearflow.errors import HearflowError
+from hearflow.synthetic.presets import demo_config
 
 HEIGHT, WIDTH = 200, 300  # frame size of these tests; train resize: 246 x 369, scale 1.23
 
@@ -171,7 +172,7 @@ def test_train_output_shapes_and_determinism():
 
 
 def test_small_preset_geometry():
-    config = data_config("cpu-small")
+    config = demo_config("cpu-small").data
     image, flow = image_flow_tensors(coordinate_frame(), square_flow(), config, True, np.random.default_rng(0))
     assert image.shape == (3, 64, 64) and flow.shape == (2, 64, 64)
 

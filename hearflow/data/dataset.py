@@ -1,8 +1,8 @@
 """A torch Dataset over a prepared folder: image, flow, spectrogram and id per sample.
 
-Every tensor is made by `hearflow.data.transforms`, the preprocessing that
-evaluation and localize use too; this file only reads samples, fits the audio to the
-window and picks the random crop/flip of training.
+Every tensor is made by `hearflow.data.transforms.sample_tensors`, the recipe that
+localize uses too; this file only reads samples and seeds the random crop/flip of
+training.
 
 Training augmentations are drawn from a generator seeded by ``(seed, epoch, index)``,
 not from the worker process: the same sample gets the same crop and flip in a given
@@ -16,14 +16,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from hearflow.config import Config
 from hearflow.data.prepared import PreparedFolder
-from hearflow.data.transforms import audio_window_length, image_flow_tensors, spectrogram
+from hearflow.data.transforms import sample_tensors
 from hearflow.errors import HearflowError
-from hearflow.media.audio import resample
 
 
 class PreparedDataset(Dataset):
@@ -95,22 +93,6 @@ class PreparedDataset(Dataset):
         sample_id = self.ids[index]
         sample = self.folder.read(sample_id)
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
-        image, flow = image_flow_tensors(sample.frame, sample.flow, self.data_config, self.train, rng)
-        audio = fit_audio(sample.audio, sample.sample_rate, self.data_config)
-        spec = torch.from_numpy(np.ascontiguousarray(spectrogram(audio, self.data_config)))
-        return {"image": image, "flow": flow, "spectrogram": spec, "id": sample_id}
-
-
-def fit_audio(audio: np.ndarray, sample_rate: int, data_config) -> np.ndarray:
-    """The model's audio window from a stored one: resampled to ``data.sample_rate``,
-    then centre-cropped or tiled to ``audio_window_length`` samples (float32)."""
-    if sample_rate != data_config.sample_rate:
-        audio = resample(audio, sample_rate, data_config.sample_rate)
-    length = audio_window_length(data_config)
-    if len(audio) == 0:
-        return np.zeros(length, dtype=np.float32)
-    if len(audio) < length:
-        audio = np.tile(audio, -(-length // len(audio)))[:length]
-    start = (len(audio) - length) // 2
-    return np.asarray(audio[start : start + length], dtype=np.float32)
-
+        tensors = sample_tensors(sample.frame, sample.flow, sample.audio, sample.sample_rate, self.data_config,
+                                 train=self.train, rng=rng)
+        return {**tensors, "id": sample_id}

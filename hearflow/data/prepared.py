@@ -16,7 +16,7 @@ takes the union of all manifests.
 The released layout (read only): ``frames/{id}.jpg``, ``flow/flow_x/{id}.jpg``,
 ``flow/flow_y/{id}.jpg`` (8-bit, the flow clipped to [0, 255]) and ``audio/{id}.wav``.
 
-Every file is written atomically (``name.tmp-<pid>`` then `os.replace`), and a
+Every file is written atomically (`hearflow.io.write_atomic`), and a
 sample is finished only once its manifest row exists, which is appended last, so a
 run killed at any moment leaves no sample that looks finished but is not.
 """
@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from hearflow.errors import HearflowError
+from hearflow.io import write_atomic
 
 JPEG_QUALITY = 95
 MANIFEST_COLUMNS = (
@@ -58,7 +59,6 @@ MANIFEST_COLUMNS = (
 )
 # stage: input (missing file, duplicate id), probe, audio, decode, flow, write, timeout, crash
 FAILURE_COLUMNS = ("id", "video", "stage", "error")
-TMP_MARKER = ".tmp-"
 
 
 @dataclass
@@ -102,19 +102,6 @@ def failures_name(shard: tuple[int, int] | None) -> str:
 
 
 # ---------------------------------------------------------------- writing
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through ``path.tmp-<pid>`` and `os.replace`."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def encode_jpeg(frame: np.ndarray) -> bytes:

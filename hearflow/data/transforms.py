@@ -1,5 +1,8 @@
 """The one preprocessing path of training, evaluation and localization.
 
+- `sample_tensors`: one sample (frame, flow, audio) -> the model's input tensors, the
+  recipe the dataset (training and evaluation) and localize share; built from:
+- `fit_audio`: a stored audio window resampled and cropped/tiled to the model's window;
 - `spectrogram`: the released audio front end, ``scipy.signal.spectrogram`` (Tukey
   window, density scaling), ``log(S + log_eps)``, then ``(x - spec_mean) / spec_std``.
 - `image_flow_tensors`: frame and optical flow to model inputs. Test: both resized to
@@ -29,6 +32,7 @@ from PIL import Image
 
 from hearflow.config import DataConfig
 from hearflow.errors import HearflowError
+from hearflow.media.audio import resample
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -37,6 +41,41 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 def audio_window_length(data_config: DataConfig) -> int:
     """Samples in the model's audio window: ``seconds * sample_rate`` (48,000 at 16 kHz, 3 s)."""
     return int(round(data_config.seconds * data_config.sample_rate))
+
+
+def fit_audio(audio: np.ndarray, sample_rate: int, data_config) -> np.ndarray:
+    """The model's audio window from a stored one: resampled to ``data.sample_rate``,
+    then centre-cropped or tiled to ``audio_window_length`` samples (float32)."""
+    if sample_rate != data_config.sample_rate:
+        audio = resample(audio, sample_rate, data_config.sample_rate)
+    length = audio_window_length(data_config)
+    if len(audio) == 0:
+        return np.zeros(length, dtype=np.float32)
+    if len(audio) < length:
+        audio = np.tile(audio, -(-length // len(audio)))[:length]
+    start = (len(audio) - length) // 2
+    return np.asarray(audio[start : start + length], dtype=np.float32)
+
+
+def sample_tensors(
+    frame: np.ndarray,
+    flow: np.ndarray,
+    audio: np.ndarray,
+    sample_rate: int,
+    data_config: DataConfig,
+    train: bool,
+    rng: np.random.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """One sample's model inputs: ``{"image": 3 x S x S, "flow": 2 x S x S, "spectrogram": 1 x F x T}``.
+
+    frame, flow: as `image_flow_tensors` takes them; audio: mono float32 at
+    ``sample_rate`` Hz, fitted to the model's window by `fit_audio`; train and rng: the
+    random crop and flip of training (`image_flow_tensors`).
+    """
+    image, flow_tensor = image_flow_tensors(frame, flow, data_config, train, rng)
+    window = fit_audio(audio, sample_rate, data_config)
+    spec = torch.from_numpy(np.ascontiguousarray(spectrogram(window, data_config)))
+    return {"image": image, "flow": flow_tensor, "spectrogram": spec}
 
 
 def spectrogram(audio: np.ndarray, data_config: DataConfig) -> np.ndarray:

@@ -10,7 +10,6 @@ appears under its final name only once it is complete (temporary name + `os.repl
 from __future__ import annotations
 
 import math
-import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 
 from hearflow.errors import HearflowError
+from hearflow.io import PendingFile, atomic_path
 
 AAC_FRAME_SAMPLES = 1024  # samples per channel in one AAC-LC frame
 AAC_SAMPLE_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
@@ -71,7 +71,7 @@ class VideoWriter:
         self.size: tuple[int, int] | None = None  # encoded (width, height), known after the first frame
         self.frames_written = 0
         self._frame_shape: tuple[int, ...] | None = None
-        self._tmp_path = _temporary_path(self.path)
+        self._pending = PendingFile(self.path)
         self._container = None
         self._video = None
         self._audio_track: _AacTrack | None = None
@@ -124,7 +124,7 @@ class VideoWriter:
                 self._audio_track.finish()
             self._container.close()
             self._container = None
-            os.replace(self._tmp_path, self.path)
+            self._pending.commit()
         except BaseException:
             self.abort()
             raise
@@ -137,7 +137,7 @@ class VideoWriter:
             except (av.FFmpegError, OSError):
                 pass
             self._container = None
-        self._tmp_path.unlink(missing_ok=True)
+        self._pending.discard()
 
     def _open(self, shape: tuple[int, ...]) -> None:
         height, width = shape[0], shape[1]
@@ -146,7 +146,7 @@ class VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._container = av.open(
-                str(self._tmp_path), "w", format="mp4", container_options={"movflags": "+faststart"}
+                str(self._pending.tmp), "w", format="mp4", container_options={"movflags": "+faststart"}
             )
             self._video = self._container.add_stream(
                 "libx264", rate=self.fps, options={"crf": str(self.crf), "preset": self.preset}
@@ -197,9 +197,9 @@ def mux_audio(video_path: str | Path, audio_source: str | Path, out_path: str | 
     after `start_s`.
     """
     video_path, audio_source, out_path = Path(video_path), Path(audio_source), Path(out_path)
-    temporary = _temporary_path(out_path)
     try:
-        with av.open(str(video_path)) as video_in, av.open(str(audio_source)) as audio_in:
+        with atomic_path(out_path) as temporary, av.open(str(video_path)) as video_in, \
+                av.open(str(audio_source)) as audio_in:
             if not video_in.streams.video:
                 raise HearflowError(f"{video_path} has no video stream")
             if not audio_in.streams.audio:
@@ -227,11 +227,8 @@ def mux_audio(video_path: str | Path, audio_source: str | Path, out_path: str | 
                     output.mux(packet)
                 for _ in audio:  # the rest, up to the video's end
                     pass
-        os.replace(temporary, out_path)
     except av.FFmpegError as error:
         raise HearflowError(f"cannot put the audio of {audio_source} beside {video_path}: {error}") from error
-    finally:
-        temporary.unlink(missing_ok=True)
     return out_path
 
 
@@ -339,10 +336,6 @@ def _duration_s(stream, container) -> float:
 def _mux(container, packets) -> None:
     for packet in packets:
         container.mux(packet)
-
-
-def _temporary_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
 def _frame_rate(fps: float | Fraction, path: Path) -> Fraction:

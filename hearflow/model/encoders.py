@@ -116,7 +116,7 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
     return {name: tensor for name, tensor in state.items() if not name.startswith("fc.")}
 
 
-ENCODER_WEIGHTS_FORMAT = "hearflow-encoder-weights"  # files of `hearflow.pretrain.save_encoder_weights`
+ENCODER_WEIGHTS_FORMAT = "hearflow-encoder-weights"  # files of `hearflow.synthetic.pretrain.save_encoder_weights`
 
 
 def encoder_weights_state_dict(path: str | Path, width: int) -> dict[str, torch.Tensor]:
@@ -128,7 +128,7 @@ def encoder_weights_state_dict(path: str | Path, width: int) -> dict[str, torch.
     path = Path(path)
     if not path.is_file():
         raise HearflowError(f"model.pretrained_weights: {path} does not exist (use 'imagenet' or a file "
-                            "written by hearflow.pretrain.save_encoder_weights)")
+                            "written by hearflow.synthetic.pretrain.save_encoder_weights)")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable file: say which and why
@@ -142,7 +142,7 @@ def encoder_weights_state_dict(path: str | Path, width: int) -> dict[str, torch.
 
 
 def load_trunk_weights(trunk: ResNetTrunk, weights: dict[str, torch.Tensor], conv1_init: str | None = None) -> None:
-    """Copy pre-trained trunk weights (ImageNet's, or `hearflow.pretrain`'s) into ``trunk`` (in place).
+    """Copy pre-trained trunk weights (ImageNet's, or `hearflow.synthetic.pretrain`'s) into ``trunk`` (in place).
 
     ``conv1_init`` applies to a 2-channel flow trunk: ``"random"`` keeps the trunk's
     own conv1, ``"rgb-mean"`` uses the pre-trained conv1 averaged over RGB and repeated

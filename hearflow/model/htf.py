@@ -27,13 +27,25 @@ from hearflow.model.encoders import (
 from hearflow.model.priors import build_prior
 
 
+class Features(NamedTuple):
+    """What `HTF.embed` returns: everything the similarity and the losses are made from.
+
+    visual: ``B x c x h x w``, the visual map plus the flow prior, L2-normalised per
+    position; audio: ``B x c``, L2-normalised. Every field is a tensor whose first axis
+    is the batch, so training can gather a global batch field by field.
+    """
+
+    visual: torch.Tensor
+    audio: torch.Tensor
+
+
 class Localization(NamedTuple):
     """Cosine-similarity maps between visual positions and audio vectors.
 
     similarity: ``B x h x w``, image k with its own audio k.
     cross_similarity: ``B x B x h x w``, image i with audio j.
-    Values lie in [-1, 1], except in eval mode with ``model.flow_fusion > 0``
-    where they are scaled by ``1 + alpha * flow magnitude``.
+    Values lie in [-1, 1], except with late fusion (``flow_fusion > 0``), which scales
+    them by ``1 + alpha * flow magnitude``.
     """
 
     similarity: torch.Tensor
@@ -42,6 +54,13 @@ class Localization(NamedTuple):
 
 class HTF(nn.Module):
     """Hear The Flow: ``model(image, flow, spectrogram) -> Localization``.
+
+    Two halves, composed by ``forward`` and used as they are by training:
+
+    - ``embed(image, flow, spectrogram) -> Features``: the encoders and the flow prior
+      (every learnable part of the model);
+    - ``similarity(features, flow=None, flow_fusion=0.0) -> Localization``: the cosine
+      maps of every image with every audio clip (no parameters).
 
     image ``B x 3 x S x S`` (ImageNet-normalised), flow ``B x 2 x S x S`` (in the
     config's flow encoding; unused, may be None, when ``model.prior`` is ``none`` and
@@ -84,8 +103,8 @@ class HTF(nn.Module):
         if m.flow_pretrained and self.flownet is not None:
             load_trunk_weights(self.flownet, weights, conv1_init=m.flow_conv1_init)
 
-    def visual_map(self, image: torch.Tensor, flow: torch.Tensor | None) -> torch.Tensor:
-        """The visual map plus the flow prior, L2-normalised per position: ``B x 8w x h x w``."""
+    def embed(self, image: torch.Tensor, flow: torch.Tensor | None, spectrogram: torch.Tensor) -> Features:
+        """The first half: visual maps (with the flow prior) and audio vectors, both L2-normalised."""
         visual = self.imgnet(image)
         if self.flowatt is not None:
             if self.flownet is not None:
@@ -93,18 +112,33 @@ class HTF(nn.Module):
             else:
                 flow_features = max_pool_flow(flow, visual.shape[-2:])
             visual = visual + self.flowatt(visual, flow_features)
-        return F.normalize(visual, dim=1)
+        return Features(F.normalize(visual, dim=1), self.audnet(spectrogram))
 
-    def forward(self, image: torch.Tensor, flow: torch.Tensor | None, spectrogram: torch.Tensor) -> Localization:
-        visual = self.visual_map(image, flow)
-        audio = self.audnet(spectrogram)
+    def similarity(
+        self, features: Features, flow: torch.Tensor | None = None, flow_fusion: float = 0.0
+    ) -> Localization:
+        """The second half: every image's map with every audio vector, in float32 (float64 for float64 features).
+
+        flow_fusion: late fusion, maps scaled by ``1 + flow_fusion * flow_motion(flow)``
+        (an inference option; needs ``flow``). 0 leaves the cosines as they are.
+        """
+        precision = torch.promote_types(features.visual.dtype, torch.float32)
+        visual, audio = features.visual.to(precision), features.audio.to(precision)
         cross_similarity = torch.einsum("ichw,jc->ijhw", visual, audio)
-        alpha = self.config.model.flow_fusion
-        if alpha > 0 and not self.training:
-            motion = flow_motion(flow, visual.shape[-2:])
-            cross_similarity = cross_similarity * (1 + alpha * motion[:, None])
+        if flow_fusion < 0:
+            raise HearflowError(f"flow fusion must be a non-negative weight, got {flow_fusion}")
+        if flow_fusion > 0:
+            if flow is None:
+                raise HearflowError("flow fusion needs the flow")
+            motion = flow_motion(flow, visual.shape[-2:]).to(precision)
+            cross_similarity = cross_similarity * (1 + flow_fusion * motion[:, None])
         similarity = torch.diagonal(cross_similarity).permute(2, 0, 1)
         return Localization(similarity, cross_similarity)
+
+    def forward(
+        self, image: torch.Tensor, flow: torch.Tensor | None, spectrogram: torch.Tensor, flow_fusion: float = 0.0
+    ) -> Localization:
+        return self.similarity(self.embed(image, flow, spectrogram), flow=flow, flow_fusion=flow_fusion)
 
 
 def flow_motion(flow: torch.Tensor, map_size: tuple[int, int]) -> torch.Tensor:

@@ -1,48 +1,23 @@
-"""Synthetic sounding-objects videos whose answer is known.
+"""The random choices of a synthetic clip: settings, visual classes, objects and their motion.
 
-Each clip shows a few textured shapes on a mildly textured background; one of them
-(the *sounding* object) makes the clip's sound. A visual class (shape x hue x
-texture) always comes with the same kind of sound (harmonic tone, noise band or
-tone-burst rhythm at a class frequency), so the audio says *what* sounds and only
-the pairing of sound and appearance, or motion, says *where*. Clips are real MP4
-files (H.264 + AAC), so the whole pipeline (`hearflow prepare`, train, evaluate,
-localize) runs on them unchanged.
-
-Outputs of `synthesize(out_dir, clips, seed)`:
-
-- ``videos/{id}.mp4`` with ids ``synth{seed}_{index:05d}``;
-- ``annotations.json`` in the VGG-SS format: a list of ``{"file": id, "class": name,
-  "bbox": [[x0, y0, x1, y1]]}``, the sounding object's box on the key frame
-  (normalised to [0, 1]), ``[]`` when no visible object sounds;
-- ``clips.json``: per clip, what an evaluation needs to break results down (every
-  object's key-frame box, class, motion; twin and no-source flags);
-- ``synth.json``: the seed and settings that made the folder.
-
-The key frame is the middle frame, ``n_frames // 2``, which `hearflow prepare`
-picks. Every random choice of clip k comes from the seed sequence (seed, k), so a
-clip is the same whatever the number of clips, and the same seed gives identical
-annotations and identical files (x264 runs single-threaded, without lookahead).
+A visual class (shape x hue x texture) always comes with the same kind of sound
+(harmonic tone, noise band or tone-burst rhythm at a class frequency), so the audio
+says *what* sounds and only the pairing of sound and appearance, or motion, says
+*where*. `plan_clip` draws every choice of clip k from the seed sequence (seed, k):
+a clip is the same whatever the number of clips. `hearflow.synthetic.render` turns a
+plan into pixels and sound, `hearflow.synthetic.clips` into files.
 """
 
 from __future__ import annotations
 
 import colorsys
-import dataclasses
 import functools
-import json
 import math
-import multiprocessing
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
 
-import cv2
 import numpy as np
-from tqdm import tqdm
 
 from hearflow.errors import HearflowError
-from hearflow.media.encode import write_video
 
 SHAPES = ("ellipse", "rectangle", "triangle", "diamond")
 TEXTURES = ("solid", "striped", "checkered", "dotted")
@@ -54,13 +29,11 @@ HUES = (
 SOUNDS = ("tone", "noise", "bursts")
 MAX_CLASSES = len(SHAPES) * len(HUES) * len(TEXTURES)
 LAYOUTS = ("halves", "free")
-
 # Object size as a share of the frame (the prototype's 50-64 x 84-112 px at 128 x 128):
 # large boxes, because the protocol's median threshold predicts half the image.
 WIDTH_SHARE = (50 / 128, 64 / 128)
 HEIGHT_SHARE = (84 / 128, 112 / 128)
 LOWEST_FREQUENCY, HIGHEST_FREQUENCY = 200.0, 3200.0  # Hz, class frequencies lie between
-SOUND_RMS = 0.1  # loudness of the sounding class before noise is added
 PLACEMENT_TRIES = 200
 
 
@@ -264,7 +237,7 @@ def plan_clip(settings: SynthSettings, seed: int, index: int) -> ClipPlan:
                 key_position=position,
                 velocity=velocity,
                 region=region,
-                colour=_object_colour(rng, synth_classes(settings.classes)[int(class_index)].hue),
+                colour=object_colour(rng, synth_classes(settings.classes)[int(class_index)].hue),
                 texture_period=float(rng.uniform(7, 11)),
                 texture_phase=(float(rng.uniform(0, 11)), float(rng.uniform(0, 11))),
             )
@@ -284,227 +257,11 @@ def plan_clip(settings: SynthSettings, seed: int, index: int) -> ClipPlan:
     )
 
 
-def _object_colour(rng: np.random.Generator, class_hue: float) -> tuple[float, float, float]:
+def object_colour(rng: np.random.Generator, class_hue: float) -> tuple[float, float, float]:
     """RGB in 0..255: the class hue +- 10 degrees, a random saturation and brightness."""
     hue = class_hue + rng.uniform(-10, 10)
     rgb = colorsys.hsv_to_rgb((hue % 360) / 360, rng.uniform(0.55, 0.9), rng.uniform(0.65, 0.95))
     return tuple(255.0 * c for c in rgb)
-
-
-def render_object_image(settings: SynthSettings, seed: int, index: int, class_index: int) -> np.ndarray:
-    """A still image of one object of class `class_index` (< ``settings.classes``), uint8 H x W x 3.
-
-    The object is sized, textured and lit as in a clip, placed anywhere (the `free`
-    layout), on a clip background; image `index` of `seed` is always the same. The
-    classifier pre-training of `hearflow.pretrain` learns from these.
-    """
-    if not 0 <= class_index < settings.classes:
-        raise HearflowError(f"class {class_index} is not among the {settings.classes} classes")
-    single = dataclasses.replace(settings, objects=1, layout="free", seconds=2 / settings.fps, source_moves=0.0,
-                                 silent_moves=0.0, twins=0.0, no_source=0.0).validate()
-    plan = plan_clip(single, seed, index)
-    colour = _object_colour(np.random.default_rng([seed, index, 3]), synth_classes(single.classes)[class_index].hue)
-    still = dataclasses.replace(plan.objects[0], class_index=class_index, colour=colour)
-    frames = list(render_frames(dataclasses.replace(plan, objects=(still,)), single))
-    return frames[single.key_frame]
-
-
-def render_background(plan: ClipPlan, settings: SynthSettings) -> np.ndarray:
-    """A still, mildly textured background: uint8 H x W x 3 (smooth blotches + grain)."""
-    rng = np.random.default_rng([plan.seed, plan.index, 1])
-    size = (settings.width, settings.height)
-    level = rng.uniform(90, 150)
-    blotches = cv2.resize(rng.uniform(-25, 25, (5, 5)).astype(np.float32), size, interpolation=cv2.INTER_CUBIC)
-    tint = cv2.resize(rng.uniform(-10, 10, (3, 3, 3)).astype(np.float32), size, interpolation=cv2.INTER_CUBIC)
-    grain = rng.normal(0, 3, (settings.height, settings.width, 1))
-    image = level + blotches[..., None] + tint + grain
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
-
-
-def render_sprite(obj: SynthObject, shape: str, texture: str) -> tuple[np.ndarray, np.ndarray]:
-    """An object's pixels (uint8 h x w x 3) and its shape mask (bool h x w).
-
-    The shape fills its box: it touches all four sides (within a pixel).
-    """
-    width, height = obj.size
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    u, v = 2 * (x + 0.5) / width - 1, 2 * (y + 0.5) / height - 1  # -1..1 across the box
-    if shape == "ellipse":
-        mask = u**2 + v**2 <= 1
-    elif shape == "rectangle":
-        mask = np.ones((height, width), dtype=bool)
-    elif shape == "triangle":  # apex up
-        mask = np.abs(u) <= (v + 1) / 2 + 1.0 / width
-    else:  # diamond
-        mask = np.abs(u) + np.abs(v) <= 1 + 2.0 / min(width, height)
-    half = obj.texture_period / 2
-    px, py = x + obj.texture_phase[0], y + obj.texture_phase[1]
-    if texture == "striped":
-        pattern = (py // half) % 2 == 1
-    elif texture == "checkered":
-        pattern = ((px // half) + (py // half)) % 2 == 1
-    elif texture == "dotted":
-        dx = px % obj.texture_period - half
-        dy = py % obj.texture_period - half
-        pattern = dx**2 + dy**2 <= (0.3 * obj.texture_period) ** 2
-    else:
-        pattern = np.zeros_like(mask)
-    shade = 1.1 - 0.2 * (y + 0.5) / height  # lit from above, so solid shapes have texture too
-    shade = np.where(pattern, 0.55 * shade, shade)
-    pixels = np.asarray(obj.colour, dtype=np.float32) * shade[..., None]
-    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8), mask
-
-
-def render_frames(plan: ClipPlan, settings: SynthSettings) -> Iterator[np.ndarray]:
-    """The clip's frames one at a time, RGB uint8 H x W x 3 (objects drawn in index order)."""
-    background = render_background(plan, settings)
-    classes = synth_classes(settings.classes)
-    sprites = []  # (offsets into a flat frame for a sprite at (0, 0), the pixel values there)
-    for obj in plan.objects:
-        pixels, mask = render_sprite(obj, classes[obj.class_index].shape, classes[obj.class_index].texture)
-        rows, cols = np.nonzero(mask)
-        offsets = ((rows * settings.width + cols) * 3)[:, None] + np.arange(3)
-        sprites.append((offsets.ravel(), pixels[rows, cols].ravel()))
-    tracks = [obj.positions(settings.n_frames, settings.key_frame) for obj in plan.objects]
-    for frame_index in range(settings.n_frames):
-        frame = background.copy()
-        flat = frame.reshape(-1)
-        for (offsets, values), track in zip(sprites, tracks):
-            x, y = track[frame_index]
-            flat[offsets + (y * settings.width + x) * 3] = values
-        yield frame
-
-
-def render_audio(plan: ClipPlan, settings: SynthSettings) -> np.ndarray:
-    """The clip's track: float32 (seconds x sample_rate,), the heard class plus white noise at snr_db."""
-    rng = np.random.default_rng([plan.seed, plan.index, 2])
-    rate = settings.sample_rate
-    n = int(round(settings.n_frames / settings.fps * rate))
-    t = np.arange(n) / rate
-    signal = np.zeros(n)
-    if plan.sound_class is not None:
-        sound_class = synth_classes(settings.classes)[plan.sound_class]
-        signal = class_sound(sound_class, t, rate, plan.pitch, plan.rhythm, rng)
-        signal *= SOUND_RMS / max(float(np.sqrt(np.mean(signal**2))), 1e-12)
-    noise = rng.standard_normal(n) * SOUND_RMS * 10 ** (-settings.snr_db / 20)
-    return np.clip(signal + noise, -1, 1).astype(np.float32)
-
-
-def class_sound(
-    sound_class: SynthClass, t: np.ndarray, rate: int, pitch: float, rhythm: float, rng: np.random.Generator
-) -> np.ndarray:
-    """One class's sound at times `t` (seconds), float64, not normalised."""
-    frequency = sound_class.frequency * pitch
-    if sound_class.sound == "noise":  # a half-octave band of noise around the frequency
-        spectrum = np.fft.rfft(rng.standard_normal(len(t)))
-        bins = np.fft.rfftfreq(len(t), 1 / rate)
-        spectrum[(bins < frequency / 2**0.25) | (bins > frequency * 2**0.25)] = 0
-        return np.fft.irfft(spectrum, n=len(t))
-    harmonics = [h for h in range(1, 5) if h * frequency < 0.45 * rate]
-    phases = rng.uniform(0, 2 * np.pi, len(harmonics))
-    if sound_class.sound == "tone":
-        return sum(np.sin(2 * np.pi * h * frequency * t + p) / h for h, p in zip(harmonics, phases))
-    carrier = sum(np.sin(2 * np.pi * h * frequency * t + p) / h for h, p in zip(harmonics[:2], phases))
-    gate = np.sin(np.pi * (sound_class.rhythm * rhythm * t + rng.uniform())) ** 8  # smooth pulses
-    return carrier * gate
-
-
-def clip_record(plan: ClipPlan, settings: SynthSettings) -> dict[str, Any]:
-    """The clips.json entry: boxes (normalised, on the key frame), classes, motion, flags."""
-    classes = synth_classes(settings.classes)
-    objects = []
-    for obj in plan.objects:
-        x0, y0, x1, y1 = obj.box(settings.n_frames, settings.key_frame, settings.key_frame)
-        objects.append(
-            {
-                "class": classes[obj.class_index].name,
-                "box": _normalised((x0, y0, x1, y1), settings),
-                "box_pixels": [x0, y0, x1, y1],
-                "moves": obj.moves,
-                "velocity": [round(obj.velocity[0], 4), round(obj.velocity[1], 4)],
-            }
-        )
-    return {
-        "id": plan.id,
-        "key_frame": settings.key_frame,
-        "n_frames": settings.n_frames,
-        "fps": settings.fps,
-        "width": settings.width,
-        "height": settings.height,
-        "sounding": plan.sounding,
-        "sound_class": None if plan.sound_class is None else classes[plan.sound_class].name,
-        "twin": plan.twin,
-        "no_source": plan.no_source,
-        "objects": objects,
-    }
-
-
-def annotation_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The VGG-SS-style annotations.json entry of a clips.json entry."""
-    sounding = record["sounding"]
-    return {
-        "file": record["id"],
-        "class": record["sound_class"] or "silence",
-        "bbox": [] if sounding is None else [record["objects"][sounding]["box"]],
-    }
-
-
-def write_clip(path: str | Path, settings: SynthSettings, seed: int, index: int) -> ClipPlan:
-    """Render clip `index` of `seed` to the MP4 file `path`; returns its plan."""
-    plan = plan_clip(settings, seed, index)
-    write_video(
-        path,
-        render_frames(plan, settings),
-        settings.fps,
-        audio=render_audio(plan, settings),
-        sample_rate=settings.sample_rate,
-        preset="ultrafast",
-        threads=1,
-    )
-    return plan
-
-
-def synthesize(
-    out_dir: str | Path, clips: int, seed: int, workers: int = 1, progress: bool = True, **knobs: Any
-) -> list[dict[str, Any]]:
-    """Write `clips` synthetic clips of `seed` to `out_dir`; returns the clips.json entries.
-
-    `knobs` are SynthSettings fields (e.g. ``twins=0.2, layout="free"``); `workers`
-    processes render in parallel (the output does not depend on it).
-    """
-    fields = {f.name for f in dataclasses.fields(SynthSettings)}
-    unknown = sorted(set(knobs) - fields)
-    if unknown:
-        raise HearflowError(f"unknown synthetic setting(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    settings = SynthSettings(**knobs).validate()
-    if clips < 1 or seed < 0 or workers < 1:
-        raise HearflowError(f"need clips >= 1, seed >= 0 and workers >= 1, got {clips}, {seed}, {workers}")
-    out = Path(out_dir)
-    videos = out / "videos"
-    try:
-        videos.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise HearflowError(f"cannot create {videos}: {error}") from error
-    records = [clip_record(plan_clip(settings, seed, index), settings) for index in range(clips)]
-    jobs = [(str(videos / f"{record['id']}.mp4"), settings, seed, index) for index, record in enumerate(records)]
-    bar = tqdm(total=clips, desc="synth", unit="clip", disable=not progress)
-    if workers == 1:
-        for job in jobs:
-            _write_clip_job(job)
-            bar.update()
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_write_clip_job, jobs, chunksize=4):
-                bar.update()
-    bar.close()
-    _write_json(out / "clips.json", records)
-    _write_json(out / "annotations.json", [annotation_record(record) for record in records])
-    _write_json(out / "synth.json", {"seed": seed, "clips": clips, "settings": dataclasses.asdict(settings)})
-    return records
-
-
-def _write_clip_job(job: tuple[str, SynthSettings, int, int]) -> None:
-    write_clip(*job)
 
 
 def _object_size(settings: SynthSettings, width_draw: float, height_draw: float) -> tuple[int, int]:
@@ -575,23 +332,3 @@ def _bounce(free: np.ndarray, span: int) -> np.ndarray:
 
 def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-def _normalised(box: tuple[int, int, int, int], settings: SynthSettings) -> list[float]:
-    x0, y0, x1, y1 = box
-    return [x0 / settings.width, y0 / settings.height, x1 / settings.width, y1 / settings.height]
-
-
-def _write_json(path: Path, records: Any) -> None:
-    """Atomically write JSON; a list is written one entry per line."""
-    if isinstance(records, list):
-        text = "[\n" + ",\n".join(json.dumps(record) for record in records) + "\n]\n"
-    else:
-        text = json.dumps(records, indent=1) + "\n"
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise HearflowError(f"cannot write {path}: {error}") from error

@@ -1,8 +1,9 @@
-"""Training-free localization baselines that look like models to `hearflow.evaluate.predict`.
+"""Training-free localization baselines that look like models to `hearflow.scoring.predict`.
 
 Each is an ``nn.Module`` called like `hearflow.model.HTF`, ``module(image, flow,
-spectrogram) -> Localization``, so the demo and the study score them with exactly the
-code that scores a trained checkpoint. Neither listens to the audio:
+spectrogram, flow_fusion=0.0) -> Localization`` (inference options do not apply to
+them and are ignored), so the demo and the study score them with exactly the code
+that scores a trained checkpoint. Neither listens to the audio:
 
 - `CenterBox`: the same centred map for every clip (what "sources sit in the
   middle" predicts); the protocol's median threshold turns it into a centred square
@@ -11,7 +12,7 @@ code that scores a trained checkpoint. Neither listens to the audio:
   to [0, 1] per clip (`hearflow.model.htf.flow_motion`): "whatever moves sounds".
 
 Late fusion (a model's map times ``1 + alpha * flow magnitude``) is not here: it is
-the model option ``model.flow_fusion``, so every checkpoint can use it.
+the inference option ``flow_fusion`` of every model (`hearflow.model.HTF.similarity`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class CenterBox(nn.Module):
         distance = torch.maximum(centres.abs()[:, None], centres.abs()[None, :])
         self.register_buffer("single", 1.0 - distance)
 
-    def forward(self, image: torch.Tensor, flow: torch.Tensor, spectrogram: torch.Tensor) -> Localization:
+    def forward(self, image: torch.Tensor, flow: torch.Tensor, spectrogram: torch.Tensor,
+                flow_fusion: float = 0.0) -> Localization:
         return _audio_blind(self.single.expand(image.shape[0], -1, -1))
 
 
@@ -42,7 +44,8 @@ class FlowMagnitude(nn.Module):
         super().__init__()
         self.map_size = map_size
 
-    def forward(self, image: torch.Tensor, flow: torch.Tensor, spectrogram: torch.Tensor) -> Localization:
+    def forward(self, image: torch.Tensor, flow: torch.Tensor, spectrogram: torch.Tensor,
+                flow_fusion: float = 0.0) -> Localization:
         return _audio_blind(flow_motion(flow, (self.map_size, self.map_size)))
 
 

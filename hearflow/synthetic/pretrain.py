@@ -1,9 +1,9 @@
 """Pre-train an image encoder as a classifier on synthetic single-object images.
 
 The flow-prior study's stand-in for ImageNet (the paper's Table 4 "pretrain vision"
-rows; `hearflow.demo.run_study`): the config's image trunk, with a linear head on its
+rows; `hearflow.synthetic.study`): the config's image trunk, with a linear head on its
 globally averaged map, learns to name the class of the one object in each image
-(`hearflow.synth.render_object_image`). The classes are ones the benchmark does not
+(`hearflow.synthetic.render.render_object_image`). The classes are ones the benchmark does not
 use (`pretraining_classes`), as ImageNet's are not VGG-Sound's. The trunk's weights
 are saved in the file format ``model.pretrained_weights`` reads, so
 ``build_model(config=..., pretrained=True)`` starts the image encoder, and a ResNet-18
@@ -13,7 +13,6 @@ flow encoder (conv1 as ``model.flow_conv1_init`` says), from them.
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,12 @@ from torch import nn
 from tqdm import tqdm
 
 from hearflow.config import Config
-from hearflow.data.prepared import write_atomic
 from hearflow.data.transforms import image_flow_tensors
 from hearflow.errors import HearflowError
+from hearflow.io import atomic_file
 from hearflow.model.encoders import ENCODER_WEIGHTS_FORMAT, ImageEncoder
-from hearflow.synth import MAX_CLASSES, SynthSettings, render_object_image
+from hearflow.synthetic.plan import MAX_CLASSES, SynthSettings
+from hearflow.synthetic.render import render_object_image
 
 def pretraining_classes(benchmark_classes: int) -> range:
     """The classes to pre-train on: the next ``benchmark_classes`` after the benchmark's own.
@@ -115,10 +115,9 @@ def save_encoder_weights(path: str | Path, state: dict[str, torch.Tensor], width
 
     `hearflow.model.encoders.encoder_weights_state_dict` reads them back.
     """
-    buffer = io.BytesIO()
-    torch.save({"format": ENCODER_WEIGHTS_FORMAT, "width": int(width), "state_dict": state, "info": info}, buffer)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buffer.getvalue())
+    with atomic_file(path) as handle:
+        torch.save({"format": ENCODER_WEIGHTS_FORMAT, "width": int(width), "state_dict": state, "info": info}, handle)
 
 
 def make_pretrained_weights(

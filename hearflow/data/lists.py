@@ -1,0 +1,111 @@
+"""Lists of inputs: videos to prepare, sample ids, Flickr key frames, shards.
+
+Shared by the stages that take them (`hearflow prepare` selects videos by id and
+shard; `hearflow train --train-ids` selects samples).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+
+from hearflow.errors import HearflowError
+
+VIDEO_SUFFIXES = (
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".mts", ".3gp", ".ogv", ".wmv",
+)  # fmt: skip
+
+def find_videos(src: str | Path) -> list[Path]:
+    """Videos under a folder (recursive, by suffix, sorted), or the paths listed in a text file.
+
+    A list file has one path per line (blank lines and ``#`` comments ignored);
+    relative paths are taken relative to the list file's folder.
+    """
+    src = Path(src)
+    if src.is_dir():
+        return sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and not p.is_dir())
+    if src.is_file():
+        lines = src.read_text(encoding="utf-8", errors="replace").splitlines()
+        paths = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        return [p if p.is_absolute() else src.parent / p for p in map(Path, paths)]
+    raise HearflowError(f"{src}: no such folder or list file")
+
+
+_HEADER_WORDS = {"id", "ids", "video", "file", "flickr_id", "youtube_id", "ytid", "# ytid"}
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Sample ids from a text/CSV file: the first field of each line.
+
+    VGG-Sound ids are ``{youtube_id}_{start:06d}``; a VGG-Sound metadata row
+    ``youtube_id,start,label,split`` becomes that id; Flickr ids are numbers. A
+    header line (``id``, ``video``, ``flickr_id``, ...) is skipped.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        raise HearflowError(f"cannot read --ids file {path}: {error}") from None
+    ids = []
+    for number, line in enumerate(lines):
+        fields = [f.strip().strip('"') for f in line.split(",")]
+        if not fields[0] or (number == 0 and fields[0].lower() in _HEADER_WORDS):
+            continue
+        first = fields[0]
+        if (
+            len(fields) >= 3
+            and re.fullmatch(r"\d+", fields[1])
+            and not first.isdigit()
+            and not re.search(r"_\d{6}$", first)
+        ):
+            first = f"{first}_{int(fields[1]):06d}"
+        ids.append(first)
+    if not ids:
+        raise HearflowError(f"--ids file {path} holds no ids")
+    return ids
+
+
+def read_keyframes(path: str | Path) -> dict[str, int]:
+    """``id -> 1-based frame index`` from a Flickr key-frame CSV (``flickr_id,frame_indices``).
+
+    The indices column holds space-separated candidates; the first one is used (as
+    the authors did).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        raise HearflowError(f"cannot read --keyframes file {path}: {error}") from None
+    keyframes = {}
+    for number, line in enumerate(lines, 1):
+        sample_id, _, indices = line.partition(",")
+        candidates = indices.replace('"', " ").split()
+        if not candidates or not candidates[0].isdigit():
+            if number == 1:
+                continue  # header
+            raise HearflowError(f"{path}:{number}: expected 'id,index [index ...]', got {line!r}")
+        keyframes[sample_id.strip()] = int(candidates[0])
+    return keyframes
+
+
+def key_frame_from_one_based(index: int, n_frames: int) -> int:
+    """The authors' rule for a 1-based Flickr index: subtract 1, or 2 when it is the last frame.
+
+    (An index past the end, from a frame count that differs from theirs, is treated
+    like the last frame.)
+    """
+    return max(0, n_frames - 2 if index >= n_frames else index - 1)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise HearflowError(f"--shard expects I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def shard_of(sample_id: str, count: int) -> int:
+    """The shard (0..count-1) of an id: a stable hash, the same on every machine."""
+    return zlib.crc32(sample_id.encode("utf-8")) % count

@@ -1,0 +1,47 @@
+"""`hearflow localize`: where in a video does the sound come from, step by step.
+
+A *step* is one frame of the video: the model sees that frame, the optical flow
+from it to the next frame, and ``data.seconds`` (3 s) of audio centred on the
+frame's timestamp, and returns a similarity map (``h x w`` cosines). From that map:
+
+- ``heatmap``: the map upsampled to the video's display size with bicubic
+  interpolation (OpenCV ``INTER_CUBIC``, as the benchmark metric does) and min-max
+  normalised to [0, 1] (all zeros when the map is flat);
+- ``peak_xy``: the heatmap's highest pixel (x, y);
+- ``box``: ``(x0, y0, x1, y1)``, the bounding box of the connected region of
+  heatmap pixels >= ``BOX_THRESHOLD`` (0.5, i.e. at least halfway between the
+  map's lowest and highest value) that contains the peak; pixel edges, so it covers
+  the pixels ``x0 <= x < x1``, ``y0 <= y < y1``;
+- ``confidence``: the highest value of the raw similarity map (a cosine, the same
+  per-sample confidence the AP / max-F1 metrics use).
+
+Pixel coordinates are in the video's display orientation (rotated phone videos
+come out upright). Inputs are made by the one preprocessing path of training and
+evaluation: `hearflow.media.flow.aggregate_flow` at ``data.flow_size`` with
+``data.flow_method`` (what `hearflow prepare` stores), then
+`hearflow.data.transforms.image_flow_tensors` (test transform) and `spectrogram`.
+
+Videos are streamed: a background thread decodes the frames once, in order, and
+makes the steps' inputs (with ``input_threads`` threads side by side: all cores but
+one when the model runs on a GPU, where the inputs are the whole cost) while the
+model runs on the previous batch; overlay frames
+wait in a bounded buffer only until their step's map is known and then go straight
+to the encoder; the JSON is written as steps arrive; each audio window is read with
+one seek. Memory does not grow with the video's length.
+"""
+
+from hearflow.localize.localizer import DEFAULT_BATCH_SIZE, Localizer
+from hearflow.localize.outputs import localize_video, localize_videos, outputs
+from hearflow.localize.steps import BOX_THRESHOLD, LocalizationStep, make_step, peak_and_box
+
+__all__ = [
+    "BOX_THRESHOLD",
+    "DEFAULT_BATCH_SIZE",
+    "LocalizationStep",
+    "Localizer",
+    "localize_video",
+    "localize_videos",
+    "make_step",
+    "outputs",
+    "peak_and_box",
+]

@@ -1,0 +1,75 @@
+"""One localization step: the model's map for one frame, and what is read off it.
+
+``heatmap``: the map upsampled to the frame's size and min-max normalised exactly as
+the benchmark metric sees it (`hearflow.metrics.heatmap`); ``peak_xy``: its highest
+pixel; ``box``: the connected region around the peak at or above `BOX_THRESHOLD`;
+``confidence``: the raw map's peak. See `hearflow.localize` for the exact rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from hearflow.errors import HearflowError
+from hearflow.metrics import heatmap
+
+BOX_THRESHOLD = 0.5  # heatmap level (after min-max normalisation) that bounds the box
+
+
+@dataclass
+class LocalizationStep:
+    """The model's answer for one frame. Coordinates are video pixels, display orientation.
+
+    time_s: the frame's timestamp (seconds from the start of the file); frame: its
+    index (0-based, presentation order); both None for `Localizer.localize_arrays`.
+    similarity: float32 h x w raw cosine map; heatmap: float32 H x W in [0, 1] at the
+    frame's size; peak_xy: (x, y); box: (x0, y0, x1, y1) pixel edges; confidence:
+    the peak of ``similarity``. See the module docstring for the exact rules.
+    """
+
+    time_s: float | None
+    frame: int | None
+    similarity: np.ndarray
+    heatmap: np.ndarray
+    peak_xy: tuple[int, int]
+    box: tuple[int, int, int, int]
+    confidence: float
+
+    def to_dict(self) -> dict:
+        """The step as written in ``{stem}.json``: time_s, frame, peak_xy, box, confidence."""
+        return {
+            "time_s": None if self.time_s is None else round(float(self.time_s), 6),
+            "frame": self.frame,
+            "peak_xy": [int(v) for v in self.peak_xy],
+            "box": [int(v) for v in self.box],
+            "confidence": round(float(self.confidence), 6),
+        }
+
+
+def peak_and_box(heatmap: np.ndarray, threshold: float = BOX_THRESHOLD) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """The heatmap's highest pixel (x, y) (first in raster order on ties) and the box
+    ``(x0, y0, x1, y1)`` (pixel edges) of the 8-connected region of pixels >= threshold holding it
+    (the whole frame for an all-zero heatmap)."""
+    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    mask = (heatmap >= min(threshold, float(heatmap[y, x]))).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    left, top, width, height = (int(v) for v in stats[labels[y, x], :4])
+    return (int(x), int(y)), (left, top, left + width, top + height)
+
+
+def make_step(similarity: np.ndarray, width: int, height: int, time_s: float | None, frame: int | None) -> LocalizationStep:
+    """A `LocalizationStep` from one h x w similarity map, for a frame of ``width x height`` pixels."""
+    full = heatmap(similarity, width, height)
+    peak_xy, box = peak_and_box(full)
+    return LocalizationStep(time_s, frame, similarity, full, peak_xy, box, float(np.max(similarity)))
+
+
+def check_step_options(every: float | None, key_frame_only: bool) -> None:
+    """HearflowError unless the step options make sense: `every` > 0, not with `key_frame_only`."""
+    if every is not None and key_frame_only:
+        raise HearflowError("choose either every=SECONDS (--every) or key_frame_only (--key-frame), not both")
+    if every is not None and not every > 0:
+        raise HearflowError(f"--every must be a positive number of seconds, got {every}")

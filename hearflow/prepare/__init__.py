@@ -1,0 +1,247 @@
+"""`hearflow prepare`: a folder (or list) of videos -> a prepared folder (see `hearflow.data.prepared`).
+
+Per video: probe (count frames), pick the key frame (the middle one, or the
+``--keyframes`` entry), read the audio window centred on it, decode the key frame
+and the next one(s) in one pass, compute the flow at the working size, and write
+the frame, flow and audio atomically; the manifest row comes last. Any problem is
+one row in failures.csv with its stage and reason, and the run goes on.
+
+Work runs in worker processes (forkserver or spawn, one thread each), one video at a time
+each; a video that takes longer than the time limit is recorded as a ``timeout``
+failure and its worker is replaced. A rerun skips finished samples, redoes
+half-finished ones, and does not retry recorded failures unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hearflow.config import Config, DataConfig
+from hearflow.data.lists import VIDEO_SUFFIXES, find_videos, read_ids, read_keyframes, shard_of
+from hearflow.data.prepared import (
+    FAILURE_COLUMNS,
+    MANIFEST_COLUMNS,
+    CsvLog,
+    failures_name,
+    manifest_name,
+    sample_paths,
+)
+from hearflow.errors import HearflowError
+from hearflow.io import TMP_MARKER, write_atomic
+from hearflow.prepare.video import prepare_video
+from hearflow.prepare.workers import WorkerPool
+
+DEFAULT_TIMEOUT_S = 300.0  # per video; a decode that hangs longer is a "timeout" failure
+
+
+RECIPE_KEYS = ("sample_rate", "seconds", "flow_method", "flow_size", "flow_pairs")
+
+
+@dataclass
+class PrepareSummary:
+    """What a run did: counts, and where the details are."""
+
+    prepared: int = 0  # finished in this run
+    already_done: int = 0  # finished by an earlier run, skipped
+    failed_before: int = 0  # recorded in failures.csv by an earlier run, skipped
+    failed: int = 0  # recorded in failures.csv by this run
+    inputs: int = 0  # videos this run is responsible for (after --ids and --shard)
+    missing_ids: list[str] = field(default_factory=list)  # --ids entries with no video
+    out: str = ""
+    failures_file: str = ""
+
+    @property
+    def skipped(self) -> int:
+        return self.already_done + self.failed_before
+
+    @property
+    def exit_status(self) -> int:
+        """0 when every input is prepared or recorded as failed; 1 when no sample exists at all."""
+        return 0 if self.prepared + self.already_done > 0 else 1
+
+    def report_lines(self, ids_file: str | Path | None = None) -> list[str]:
+        """What a user must know beyond `line`: ids without a video, and a run that made nothing."""
+        lines = []
+        if self.missing_ids:
+            lines.append(f"hearflow: {len(self.missing_ids)} id(s) of {ids_file or '--ids'} have no video "
+                         f"(listed in {Path(self.out) / 'missing_ids.txt'})")
+        if self.exit_status:
+            lines.append("hearflow: error: no sample could be prepared")
+        return lines
+
+    def line(self) -> str:
+        text = f"prepared {self.prepared}, skipped {self.skipped}"
+        if self.skipped:
+            text += f" ({self.already_done} finished earlier, {self.failed_before} failed earlier)"
+        text += f", failed {self.failed} of {self.inputs} videos -> {self.out}"
+        if self.failed or self.failed_before:
+            text += f" (reasons in {self.failures_file})"
+        return text
+
+
+def _check_recipe(out: Path, recipe: dict) -> None:
+    """Write prepare.json, or check that an existing one holds the same recipe."""
+    path = out / "prepare.json"
+    if path.is_file():
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise HearflowError(f"{path} is unreadable ({error}); remove it or use a new output folder") from None
+        differences = [f"{key} {earlier.get(key)!r} -> {recipe[key]!r}" for key in RECIPE_KEYS if earlier.get(key) != recipe[key]]
+        if differences:
+            raise HearflowError(
+                f"{out} was prepared with another recipe ({'; '.join(differences)}); "
+                "use a new output folder or the same options"
+            )
+        return
+    from hearflow import __version__
+
+    write_atomic(path, (json.dumps({**recipe, "hearflow_version": __version__}, indent=2) + "\n").encode())
+
+
+def _remove_stale_temporaries(out: Path, sample_ids: set[str], shard) -> None:
+    """Delete ``*.tmp-<pid>`` leftovers of killed runs that belong to this run's samples."""
+    for folder in ("frames", "flow", "audio"):
+        for path in (out / folder).glob(f"*{TMP_MARKER}*"):
+            stem = path.name.split(TMP_MARKER)[0].rsplit(".", 1)[0]
+            if stem in sample_ids:
+                path.unlink(missing_ok=True)
+    for name in (manifest_name(shard), failures_name(shard), "prepare.json"):
+        for path in out.glob(f"{name}{TMP_MARKER}*"):
+            path.unlink(missing_ok=True)
+
+
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    data_config: DataConfig | None = None,
+    *,
+    ids: str | Path | None = None,
+    keyframes: str | Path | None = None,
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Prepare every video of `src` (a folder, searched recursively, or a list file) into `out`.
+
+    The recipe (audio rate and window, flow method, working size, pairs) comes from
+    `data_config` (default: the ``htf`` preset's). `ids`: a file of ids to select;
+    `keyframes`: a Flickr key-frame CSV; `shard`: (I, N) to do only the ids whose
+    stable hash falls in shard I. Returns a PrepareSummary; usage errors raise
+    HearflowError.
+    """
+    config = data_config or DataConfig()
+    Config(data=config).validate()
+    if workers < 1:
+        raise HearflowError(f"--workers must be at least 1, got {workers}")
+    if timeout_s <= 0:
+        raise HearflowError(f"--timeout must be positive, got {timeout_s}")
+    if config.sample_rate <= 0 or config.seconds <= 0:
+        raise HearflowError("--sample-rate and --seconds must be positive")
+    recipe = {key: getattr(config, key) for key in RECIPE_KEYS}
+    out = Path(out)
+    summary = PrepareSummary(out=str(out), failures_file=str(out / failures_name(shard)))
+    videos = _select_videos(src, ids, shard, summary)
+    tasks, input_failures = _tasks(videos, read_keyframes(keyframes) if keyframes is not None else {})
+
+    for folder in ("frames", "flow", "audio"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    _check_recipe(out, recipe)
+    _remove_stale_temporaries(out, {task[2] for task in tasks}, shard)
+    manifest = CsvLog(
+        out / manifest_name(shard),
+        MANIFEST_COLUMNS,
+        keep=lambda row: all(p.is_file() for p in sample_paths(out, row["id"]).values()),
+    )
+    failures = CsvLog(out / failures_name(shard), FAILURE_COLUMNS)
+    if retry_failed:
+        inputs = {str(video) for video in videos}
+        failures.remove(lambda row: row["video"] in inputs)
+    todo = _still_to_do(tasks, input_failures, manifest, failures, summary)
+    if todo:
+        _run_tasks(todo, WorkerPool(min(workers, len(todo)), str(out), recipe, timeout_s), manifest, failures,
+                   summary, progress)
+    if summary.missing_ids:
+        write_atomic(out / "missing_ids.txt", ("\n".join(summary.missing_ids) + "\n").encode())
+    return summary
+
+
+def _select_videos(src, ids, shard, summary: PrepareSummary) -> list[Path]:
+    """The videos of ``src`` this run is responsible for (after ``ids`` and ``shard``)."""
+    videos = find_videos(src)
+    if not videos:
+        raise HearflowError(f"no videos found in {src} (looked for {', '.join(VIDEO_SUFFIXES)})")
+    if ids is not None:
+        wanted = read_ids(ids)
+        stems = {video.stem for video in videos}
+        summary.missing_ids = [sample_id for sample_id in dict.fromkeys(wanted) if sample_id not in stems]
+        wanted_set = set(wanted)
+        videos = [video for video in videos if video.stem in wanted_set]
+    if shard is not None:
+        videos = [video for video in videos if shard_of(video.stem, shard[1]) == shard[0]]
+    summary.inputs = len(videos)
+    return videos
+
+
+def _tasks(videos: list[Path], key_frames: dict[str, int]) -> tuple[list[tuple], list[tuple]]:
+    """(tasks ``(number, video, id, one-based key frame or None)``, input failures ``(video, id, error)``)."""
+    tasks, input_failures, owner = [], [], {}
+    for video in videos:
+        sample_id = video.stem
+        if sample_id in owner:
+            input_failures.append((video, sample_id, f"duplicate id {sample_id!r}: {owner[sample_id]} is used"))
+        elif not video.exists():
+            input_failures.append((video, sample_id, f"{video}: no such file"))
+        else:
+            owner[sample_id] = video
+            tasks.append((len(tasks), str(video), sample_id, key_frames.get(sample_id)))
+    return tasks, input_failures
+
+
+def _still_to_do(tasks, input_failures, manifest: CsvLog, failures: CsvLog, summary: PrepareSummary) -> list[tuple]:
+    """Record this run's input failures; return the tasks neither finished nor failed before."""
+    failed_before = {row["video"] for row in failures.rows}
+    finished = {row["id"] for row in manifest.rows}
+    for video, sample_id, error in input_failures:
+        if str(video) in failed_before:
+            summary.failed_before += 1
+        else:
+            failures.append({"id": sample_id, "video": str(video), "stage": "input", "error": error})
+            summary.failed += 1
+    todo = []
+    for task in tasks:
+        if task[2] in finished:
+            summary.already_done += 1
+        elif task[1] in failed_before:
+            summary.failed_before += 1
+        else:
+            todo.append(task)
+    return todo
+
+
+def _run_tasks(todo, pool: WorkerPool, manifest: CsvLog, failures: CsvLog, summary: PrepareSummary,
+               progress: bool) -> None:
+    """Prepare ``todo`` in the workers, appending each result to the manifest or the failures."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="video", desc="prepare", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    try:
+        for task, message in pool.run(todo):
+            if message[0] == "ok":
+                manifest.append(message[2])
+                summary.prepared += 1
+            else:
+                failures.append({"id": task[2], "video": task[1], "stage": message[2], "error": message[3]})
+                summary.failed += 1
+            bar.update(1)
+            bar.set_postfix(failed=summary.failed, refresh=False)
+    finally:
+        bar.close()
+
+
+__all__ = ["DEFAULT_TIMEOUT_S", "RECIPE_KEYS", "PrepareSummary", "WorkerPool", "prepare", "prepare_video"]

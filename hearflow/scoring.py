@@ -1,0 +1,186 @@
+"""Predict and score an annotated, prepared set: shared by `hearflow evaluate` and training's validation.
+
+The protocol is the papers' (`hearflow.metrics`): each sample's own-pair similarity
+map is upsampled to 224 x 224, binarised at its median and compared with the
+ground-truth map (cIoU); over the set, cIoU@0.5, AUC and mean cIoU, plus AP and
+max-F1 (over the peak of each map, the sample's confidence) when the set holds
+samples with no visible sound source. Those no-source samples enter AP / max-F1 only;
+cIoU@0.5, AUC and mean cIoU are over the samples with a source (``n``).
+
+Inputs are made by the test transform (`PreparedDataset` with ``train=False``) and
+the model runs in eval mode. Annotated ids without a prepared sample, and prepared
+samples without an annotation, are counted (`Matching`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from hearflow import distributed
+from hearflow.config import Config
+from hearflow.data.annotations import Annotations, load_annotations
+from hearflow.data.dataset import PreparedDataset
+from hearflow.data.prepared import PreparedFolder
+from hearflow.errors import HearflowError
+from hearflow.metrics import ap_max_f1, ciou, summarize
+
+
+@dataclass
+class Predictions:
+    """The model's own-pair maps for a list of samples.
+
+    ids: N sample ids; similarity: float32 N x h x w; confidence: float32 N, the
+    peak of each map.
+    """
+
+    ids: list[str]
+    similarity: np.ndarray
+    confidence: np.ndarray
+
+    @staticmethod
+    def concatenate(parts: list["Predictions"]) -> "Predictions":
+        parts = [part for part in parts if part.ids]
+        if not parts:
+            return Predictions([], np.zeros((0, 1, 1), np.float32), np.zeros(0, np.float32))
+        return Predictions(
+            [sample_id for part in parts for sample_id in part.ids],
+            np.concatenate([part.similarity for part in parts]),
+            np.concatenate([part.confidence for part in parts]),
+        )
+
+
+@dataclass
+class Matching:
+    """Which annotated ids have a prepared sample (``ids``, in annotation order), and which do not."""
+
+    ids: list[str]
+    annotated_without_sample: list[str]
+    samples_without_annotation: list[str]
+
+
+def match_ids(annotated: list[str], prepared: list[str]) -> Matching:
+    """Pair annotation ids with prepared sample ids (both are file stems)."""
+    prepared_set, annotated_set = set(prepared), set(annotated)
+    return Matching(
+        ids=[sample_id for sample_id in annotated if sample_id in prepared_set],
+        annotated_without_sample=[sample_id for sample_id in annotated if sample_id not in prepared_set],
+        samples_without_annotation=[sample_id for sample_id in prepared if sample_id not in annotated_set],
+    )
+
+
+def predict(
+    model: torch.nn.Module,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+    progress: bool = True,
+    flow_fusion: float = 0.0,
+) -> Predictions:
+    """Run ``model`` in eval mode over ``dataset`` (items as `PreparedDataset` gives them).
+
+    flow_fusion: late fusion (an inference option of `hearflow.model.HTF.similarity`).
+    """
+    model.eval()
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    ids, maps = [], []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+            inputs = [batch[key].to(device, non_blocking=True) for key in ("image", "flow", "spectrogram")]
+            output = model(*inputs, flow_fusion=flow_fusion)
+            maps.append(output.similarity.float().cpu())
+            ids.extend(batch["id"])
+    if not maps:
+        return Predictions.concatenate([])
+    similarity = torch.cat(maps)
+    return Predictions(ids, similarity.numpy(), similarity.flatten(1).amax(dim=1).numpy())
+
+
+def score(predictions: Predictions, annotations: Annotations, chunk: int = 256) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-sample cIoU (NaN for no-source samples) and the set's metrics.
+
+    Returns ``(cious N, results)`` with results ``n`` (samples with a source),
+    ``ciou_at_0_5``, ``auc``, ``mean_ciou`` and, when the set holds no-source samples,
+    ``n_no_source``, ``ap`` and ``max_f1``. Ground-truth maps are built ``chunk`` at a
+    time, so memory stays flat on large sets.
+    """
+    ids = predictions.ids
+    has_source = np.array([annotations.has_source(sample_id) for sample_id in ids], dtype=bool)
+    cious = np.full(len(ids), np.nan)
+    with_source = np.flatnonzero(has_source)
+    for start in range(0, len(with_source), chunk):
+        rows = with_source[start : start + chunk]
+        gt_maps = np.stack([annotations.gt_map(ids[row]) for row in rows])
+        cious[rows] = ciou(predictions.similarity[rows], gt_maps)
+    if not len(with_source):
+        raise HearflowError("no evaluated sample has a sound source to localise: cIoU is undefined")
+    results: dict[str, Any] = {"n": int(len(with_source)), **summarize(cious[with_source])}
+    if not has_source.all():
+        results["n_no_source"] = int((~has_source).sum())
+        results.update(ap_max_f1(predictions.confidence, has_source, np.nan_to_num(cious, nan=0.0)))
+    return cious, {key: _plain(value) for key, value in results.items()}
+
+
+class AnnotatedSet:
+    """A prepared folder with its annotations, as a model is scored on it.
+
+    ``annotations`` (`Annotations`), ``matching`` (which ids are scored, which are
+    left out) and ``dataset`` (the matched samples through the test transform of
+    ``config``'s data section). benchmark: ``auto`` or the benchmark the annotations
+    must be (`hearflow.data.annotations.BENCHMARKS`).
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        annotations: str | Path,
+        config: Config,
+        benchmark: str = "auto",
+        skip_missing: bool = False,
+    ) -> None:
+        self.annotations = load_annotations(annotations, benchmark)
+        prepared = PreparedFolder(folder)
+        self.matching = match_ids(list(self.annotations.ids), list(prepared.ids))
+        if not self.matching.ids:
+            raise HearflowError(
+                f"no prepared sample of {folder} is annotated in {annotations} "
+                f"({len(prepared.ids)} samples, {len(self.annotations.ids)} annotations; ids are file stems)"
+            )
+        self.dataset = PreparedDataset(prepared, config, train=False, ids=self.matching.ids, skip_missing=skip_missing)
+
+    def predict(
+        self,
+        model: torch.nn.Module,
+        context: distributed.Distributed = distributed.Distributed(),
+        batch_size: int = 32,
+        workers: int = 0,
+        flow_fusion: float = 0.0,
+        progress: bool = True,
+    ) -> Predictions:
+        """`predict` over the set; under torchrun each process takes every ``world_size``-th
+        sample and every process gets all predictions, in the set's order of ranks' shares."""
+        shard = Subset(self.dataset, range(context.rank, len(self.dataset), context.world_size))
+        local = predict(model, shard, batch_size, context.device, workers, progress and context.is_main, flow_fusion)
+        return Predictions.concatenate(distributed.gather_objects(local))
+
+    def score(self, predictions: Predictions) -> tuple[np.ndarray, dict[str, Any]]:
+        """`score` of ``predictions`` against the set's annotations."""
+        return score(predictions, self.annotations)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python numbers, for JSON."""
+    return value.item() if isinstance(value, np.generic) else value
