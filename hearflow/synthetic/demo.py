@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from hearflow.errors import HearflowError
+from hearflow.errors import HearflowError, option
 from hearflow.io import write_json, write_text
 from hearflow.synthetic.lab import (
     HTF,
@@ -56,7 +56,8 @@ def run_demo(
     ``seed``; workers: processes for synthesis and preparation.
     """
     if seed < 0 or workers < 1:
-        raise HearflowError(f"--seed must be >= 0 and --workers >= 1, got {seed} and {workers}")
+        raise HearflowError(f"{option('--seed', 'seed')} must be >= 0 and {option('--workers', 'workers')} >= 1, "
+                            f"got {seed} and {workers}")
     start = time.monotonic()
     torch.set_num_threads(TORCH_THREADS)
     size = SIZES["quick" if quick else "default"]
