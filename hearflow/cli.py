@@ -187,7 +187,9 @@ def _add_train(commands) -> None:
                         help="global batch size over all processes (paper: 128)")
     parser.add_argument("--lr", dest="train.lr", type=float, help="Adam learning rate (paper: 1e-3)")
     parser.add_argument("--workers", dest="train.workers", type=int,
-                        help="data-loading worker processes per training process")
+                        help="data-loading worker processes per training process (default: the CPUs this "
+                        "process may use, shared by the processes torchrun starts on the machine; 0 loads in the "
+                        "training process)")
     parser.add_argument("--seed", dest="train.seed", type=int,
                         help="random seed of initialisation, shuffling and augmentation")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
