@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 
 from hearflow.checkpoint import load, save_checkpoint
 from hearflow.cli import main
@@ -20,9 +20,6 @@ from hearflow.evaluate import evaluate
 from hearflow.metrics import ap_max_f1, ciou, summarize
 from hearflow.model import build_model
 from hearflow.scoring import Predictions, score
-
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):

@@ -8,15 +8,12 @@ import warnings
 
 import pytest
 import torch
-from fixtures_train import CLIPS, single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import CLIPS, small_config, synth_set  # noqa: F401
 
 from hearflow.cli import main
 from hearflow.config import TrainConfig, machine_workers
 from hearflow.errors import HearflowError
 from hearflow.train import train
-
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def _offline(monkeypatch):
     def no_network(*args, **kwargs):
