@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DATA = REPO.parent / "shared" / "reference-data"
+# The public benchmark metadata (VGG-SS boxes and lists, Flickr key frames): beside the checkout,
+# or wherever HEARFLOW_REFERENCE_DATA points.
+REFERENCE_DATA = Path(os.environ.get("HEARFLOW_REFERENCE_DATA", REPO.parent / "shared" / "reference-data"))
 
 
 @pytest.fixture(scope="session")
 def reference_data() -> Path:
     """The public benchmark metadata beside the checkout; skips the test when absent."""
     if not REFERENCE_DATA.is_dir():
-        pytest.skip(f"reference data not found at {REFERENCE_DATA}")
+        pytest.skip(f"needs the public benchmark metadata (VGG-SS boxes, Flickr key frames) at {REFERENCE_DATA}, "
+                    "or HEARFLOW_REFERENCE_DATA=FOLDER")
     return REFERENCE_DATA
 
 
