@@ -194,11 +194,9 @@ def build(
     skip_missing: bool = False,
     checkpoint: dict[str, Any] | None = None,
 ) -> Trainer:
-    """Data, model, optimiser and run state; restored from ``checkpoint`` (a ``last.pt``) when given.
-
-    Everything that would stop the run later (data, batch size, loss, loader workers,
-    pre-trained weights, the run folder) is checked first and reported in one HearflowError.
-    """
+    """Data, model, optimiser and run state, restored from ``checkpoint`` (a ``last.pt``) when given.
+    What would stop the run later (data, batch, loss, workers, weights, folder) is checked first
+    and reported in one HearflowError."""
     problems = Problems("training cannot start")
     problems.attempt(get_loss, config.objective.loss)
     seed_everything(config.train.seed)
@@ -342,7 +340,8 @@ def _run_config_and_paths(
         paths = RunPaths(**{name: value if value is not None else saved.get(name)
                             for name, value in asdict(requested).items()})
     if paths.train_dir is None:
-        raise HearflowError(f"no training data: pass {option('--train DIR', 'train_dir')} (a folder made by `hearflow prepare`)")
+        raise HearflowError(f"no training data: pass {option('--train DIR', 'train_dir')} "
+                            "(a folder made by `hearflow prepare`)")
     if (paths.val_dir is None) != (paths.val_annotations is None):
         raise HearflowError(f"validation needs both {option('--val DIR', 'val_dir')} and "
                             f"{option('--val-annotations PATH', 'val_annotations')}")
