@@ -81,8 +81,10 @@ def _describe_read_error(error: Exception) -> str:
     text = str(error)
     marker = "WeightsUnpickler error: "
     if marker in text:
-        refused = text.split(marker, 1)[1].split(". ", 1)[0]
-        return f"it holds objects that are not weights, refused for safety ({refused})"
+        refused = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
+        if refused.startswith("Unsupported operand"):  # not a pickle at all: text, an image, a .npy, ...
+            return "not a PyTorch checkpoint (neither torch.save's zip archive nor its legacy pickle)"
+        return f"it holds objects that are not weights, refused for safety ({refused.split('. ', 1)[0]})"
     first_line = text.strip().splitlines()[0] if text.strip() else ""
     return f"not a PyTorch checkpoint or a damaged one ({type(error).__name__}: {first_line})"
 

@@ -184,10 +184,13 @@ def _add_train(commands) -> None:
                         "the run's are fine, --epochs and --workers may change, others are refused)")
     parser.add_argument("--epochs", dest="train.epochs", type=int, help="number of epochs (paper: 100)")
     parser.add_argument("--batch-size", dest="train.batch_size", type=int,
-                        help="global batch size over all processes (paper: 128)")
+                        help="global batch size over all processes, at least 2: each clip's negatives are the "
+                        "other clips of the batch (paper: 128)")
     parser.add_argument("--lr", dest="train.lr", type=float, help="Adam learning rate (paper: 1e-3)")
     parser.add_argument("--workers", dest="train.workers", type=int,
-                        help="data-loading worker processes per training process")
+                        help="data-loading worker processes per training process (default: the CPUs this "
+                        "process may use, shared by the processes torchrun starts on the machine; 0 loads in the "
+                        "training process)")
     parser.add_argument("--seed", dest="train.seed", type=int,
                         help="random seed of initialisation, shuffling and augmentation")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")

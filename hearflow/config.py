@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hearflow.errors import HearflowError
+from hearflow.errors import HearflowError, option
 
 PRIORS = ("channel", "spatial", "none")
 FLOW_ENCODERS = ("resnet18", "maxpool")
@@ -87,6 +88,13 @@ class ObjectiveConfig:
     temperature: float = 0.07
 
 
+def machine_workers() -> int:
+    """The default of ``train.workers``: the CPUs this process may use (its affinity), shared
+    evenly by the training processes ``torchrun`` starts on this machine (``LOCAL_WORLD_SIZE``)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 @dataclass
 class TrainConfig:
     """The optimisation recipe (paper: Adam, lr 1e-3, batch 128, 100 epochs)."""
@@ -96,7 +104,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
-    workers: int = 4
+    workers: int = field(default_factory=machine_workers)  # data-loading processes per training process
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16) | bf16 | fp16 | off
 
 
@@ -237,7 +245,7 @@ def parse_set_options(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise HearflowError(f"--set expects KEY=VALUE, got {item!r}")
+            raise HearflowError(f"{option('--set', 'an entry of sets')} expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value.strip()
     return overrides
 

@@ -48,12 +48,12 @@ class Distributed:
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA when available else CPU; ``cuda`` -> this process's GPU."""
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise HearflowError(f"--device is {device!r}; choose auto, cpu or cuda")
+        raise HearflowError(f"the device is {device!r}; choose auto, cpu, cuda or cuda:N")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise HearflowError("--device cuda was asked for but torch sees no CUDA device")
+            raise HearflowError(f"the device {device} was asked for but torch sees no CUDA device")
         return torch.device(device if ":" in device else f"cuda:{local_rank}")
     return torch.device("cpu")
 

@@ -19,7 +19,7 @@ from hearflow import distributed
 from hearflow.checkpoint import load_model
 from hearflow.data.annotations import Annotations
 from hearflow.data.dataset import PreparedDataset
-from hearflow.errors import HearflowError
+from hearflow.errors import HearflowError, option
 from hearflow.io import csv_text, write_json, write_png, write_text
 from hearflow.metrics import MAP_SIZE, heatmap
 from hearflow.overlay import draw_box, overlay_heatmap
@@ -53,7 +53,9 @@ def evaluate(
     fusion with the flow magnitude (None: the checkpoint's recorded default, 0).
     """
     if batch_size < 1 or num_maps < 0 or workers < 0:
-        raise HearflowError("--batch-size must be positive, --num-maps and --workers not negative")
+        raise HearflowError(f"{option('--batch-size', 'batch_size')} must be positive, "
+                            f"{option('--num-maps', 'num_maps')} and {option('--workers', 'workers')} not negative; "
+                            f"got {batch_size}, {num_maps} and {workers}")
     torch_device = distributed.resolve_device(device)
     model, recorded = load_model(checkpoint, map_location=torch_device)
     options = recorded.with_arguments(flow_fusion=flow_fusion)
@@ -119,13 +121,16 @@ def save_overlays(
 ) -> list[Path]:
     """Heatmap overlays of the ``count`` best and worst samples by cIoU, ground-truth boxes drawn.
 
-    Written as ``{best|worst}-{rank:02d}-{id}.png`` at the protocol's 224 x 224: the
-    key frame resized to 224 x 224, the map upsampled and min-max normalised exactly
-    as the metric sees it (`hearflow.metrics.heatmap`), boxes in white.
+    No sample is both: with fewer than ``2 * count`` scored samples, the better half
+    (the middle one included) are the best and the others the worst. Written as
+    ``{best|worst}-{rank:02d}-{id}.png`` at the protocol's 224 x 224: the key frame
+    resized to 224 x 224, the map upsampled and min-max normalised exactly as the
+    metric sees it (`hearflow.metrics.heatmap`), boxes in white.
     """
     scored = np.flatnonzero(~np.isnan(cious))
     order = scored[np.argsort(-cious[scored], kind="stable")]
-    picks = [("best", order[:count]), ("worst", order[::-1][:count])]
+    worst = min(count, len(order) // 2)
+    picks = [("best", order[: min(count, len(order) - worst)]), ("worst", order[::-1][:worst])]
     written = []
     for label, rows in picks:
         for rank, row in enumerate(rows, start=1):

@@ -26,6 +26,11 @@ def heatmap_colors(heatmap: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
 
 
+def heatmap_scale(width: int, height: int) -> np.ndarray:
+    """The colour scale of `heatmap_colors`: RGB uint8 ``height x width``, 0 at the left, 1 at the right."""
+    return heatmap_colors(np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1)))
+
+
 def overlay_heatmap(frame: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
     """Blend a heatmap onto a frame: ``(1 - alpha) * frame + alpha * heatmap_colors(heatmap)``.
 

@@ -1,12 +1,16 @@
-"""Seeding, and the random generator states a resumed run restores (python, numpy, torch, CUDA)."""
+"""Seeding, deterministic algorithms, and the random generator states a resumed run restores
+(python, numpy, torch, CUDA)."""
 
 from __future__ import annotations
 
+import os
 import random
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
+
 
 def seed_everything(seed: int) -> None:
     """Seed python's, numpy's and torch's global generators."""
@@ -41,3 +45,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool):
+    """With ``enabled``: only deterministic torch algorithms inside the block (bit-identical reruns on
+    CPU), as before it afterwards; without, the block runs as it is."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)

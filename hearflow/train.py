@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import csv
 import math
-import os
+import sys
 import time
-from contextlib import contextmanager
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +43,14 @@ from tqdm import tqdm
 
 from hearflow import distributed
 from hearflow.checkpoint import load_checkpoint, load_state, save_checkpoint
-from hearflow.config import Config, differences
+from hearflow.config import Config, differences, machine_workers
 from hearflow.data.dataset import PreparedDataset
 from hearflow.data.lists import read_ids
-from hearflow.errors import HearflowError
+from hearflow.errors import HearflowError, Problems, option
 from hearflow.io import csv_text, write_text
 from hearflow.model import HTF, build_model
 from hearflow.objective import get_loss, global_batch_loss
-from hearflow.rng import rng_state, seed_everything, set_rng_state
+from hearflow.rng import deterministic_algorithms, rng_state, seed_everything, set_rng_state
 from hearflow.scoring import AnnotatedSet
 
 METRICS_COLUMNS = (
@@ -141,7 +141,7 @@ def train(
     """
     context = distributed.setup(device)
     try:
-        with _deterministic_algorithms(deterministic):
+        with deterministic_algorithms(deterministic):
             run_dir = Path(out_dir)
             checkpoint = _last_checkpoint(run_dir) if resume else _check_new_run(run_dir)
             requested = RunPaths.of(train_dir=train_dir, val_dir=val_dir, val_annotations=val_annotations,
@@ -194,18 +194,25 @@ def build(
     skip_missing: bool = False,
     checkpoint: dict[str, Any] | None = None,
 ) -> Trainer:
-    """Data, model, optimiser and run state; restored from ``checkpoint`` (a ``last.pt``) when given."""
-    get_loss(config.objective.loss)  # an unknown loss stops the run before any work
+    """Data, model, optimiser and run state, restored from ``checkpoint`` (a ``last.pt``) when given.
+    What would stop the run later (data, batch, loss, workers, weights, folder) is checked first
+    and reported in one HearflowError."""
+    problems = Problems("training cannot start")
+    problems.attempt(get_loss, config.objective.loss)
     seed_everything(config.train.seed)
-    ids = None if paths.train_ids is None else read_ids(paths.train_ids)
-    train_set = PreparedDataset(paths.train_dir, config, train=True, ids=ids, skip_missing=skip_missing)
+    ids = None if paths.train_ids is None else problems.attempt(read_ids, paths.train_ids)
+    train_set = problems.attempt(PreparedDataset, paths.train_dir, config, train=True, ids=ids,
+                                 skip_missing=skip_missing)
     validation = None
     if paths.val_dir is not None:
-        validation = AnnotatedSet(paths.val_dir, paths.val_annotations, config, skip_missing=skip_missing)
-    global_batch, local_batch = _batch_sizes(config.train.batch_size, len(train_set), context.world_size)
+        validation = problems.attempt(AnnotatedSet, paths.val_dir, paths.val_annotations, config,
+                                      skip_missing=skip_missing)
+    _check_settings(problems, config, None if train_set is None else len(train_set), context, run_dir)
+    model = problems.attempt(build_model, config=config, pretrained=pretrained)
+    problems.raise_any()
+    global_batch, local_batch = config.train.batch_size, config.train.batch_size // context.world_size
     sampler = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True,
                                  seed=config.train.seed)
-    model = build_model(config=config, pretrained=pretrained)
     if checkpoint is not None:
         load_state(model, checkpoint["state_dict"], run_dir / "last.pt")
     model.to(context.device)
@@ -265,7 +272,7 @@ def fit(trainer: Trainer, progress: bool = True) -> HTF:
     if state.epoch >= config.train.epochs:
         if context.is_main:
             tqdm.write(f"{trainer.run_dir} has trained {state.epoch} of {config.train.epochs} epochs: nothing to do "
-                       "(--epochs N continues it to N)")
+                       f"({option('--epochs N', 'train.epochs=N')} continues it to N)")
         return trainer.model.eval()
     writer = None
     if context.is_main:
@@ -298,7 +305,8 @@ def fit(trainer: Trainer, progress: bool = True) -> HTF:
 
 def _check_new_run(run_dir: Path) -> None:
     if (run_dir / "last.pt").exists():
-        raise HearflowError(f"{run_dir} already holds a run (last.pt); continue it with --resume, or choose another --out")
+        raise HearflowError(f"{run_dir} already holds a run (last.pt); continue it with "
+                            f"{option('--resume', 'resume=True')}, or choose another {option('--out', 'out_dir')}")
 
 
 def _last_checkpoint(run_dir: Path) -> dict[str, Any]:
@@ -325,45 +333,42 @@ def _run_config_and_paths(
         if config is not None:
             changed = differences(recorded, config, ignore=RESUMABLE_CHANGES)
             if changed:
-                raise HearflowError(f"--resume continues {run_dir} with its recorded config, but {'; '.join(changed)}")
+                raise HearflowError(f"resuming {run_dir} continues its recorded config, but {'; '.join(changed)}")
             recorded.train.epochs, recorded.train.workers = config.train.epochs, config.train.workers
         config = recorded
         saved = checkpoint["run"]
         paths = RunPaths(**{name: value if value is not None else saved.get(name)
                             for name, value in asdict(requested).items()})
     if paths.train_dir is None:
-        raise HearflowError("no training data: pass --train DIR (a folder made by `hearflow prepare`)")
+        raise HearflowError(f"no training data: pass {option('--train DIR', 'train_dir')} "
+                            "(a folder made by `hearflow prepare`)")
     if (paths.val_dir is None) != (paths.val_annotations is None):
-        raise HearflowError("validation needs both --val DIR and --val-annotations PATH")
+        raise HearflowError(f"validation needs both {option('--val DIR', 'val_dir')} and "
+                            f"{option('--val-annotations PATH', 'val_annotations')}")
     return config.validate(), paths
 
 
-@contextmanager
-def _deterministic_algorithms(enabled: bool):
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
-
-
-def _batch_sizes(batch_size: int, n_samples: int, world_size: int) -> tuple[int, int]:
-    """(global, per-process) batch; the global batch must split evenly over processes."""
-    if batch_size % world_size:
-        raise HearflowError(
-            f"train.batch_size {batch_size} is the global batch and must be a multiple of the "
-            f"{world_size} processes"
-        )
-    if n_samples < batch_size:
-        raise HearflowError(
-            f"the training set has {n_samples} samples, fewer than one batch of {batch_size}; "
-            "lower --batch-size"
-        )
-    return batch_size, batch_size // world_size
+def _check_settings(problems: Problems, config: Config, n_samples: int | None, context: distributed.Distributed,
+                    run_dir: Path) -> None:
+    """Add what in the batch size, the loader workers and the run folder stops a run (``n_samples``: None if
+    unknown); warn (rank 0) of more loader workers than CPUs."""
+    batch, workers, cpus = config.train.batch_size, config.train.workers, machine_workers()
+    if batch < 2:
+        problems.add(f"train.batch_size is {batch}: the contrastive loss needs at least 2 pairs per batch "
+                     "(each clip's negatives are the other clips' sounds); use --batch-size 2 or more")
+    elif batch % context.world_size:
+        problems.add(f"train.batch_size {batch} is the global batch and must be a multiple of the "
+                     f"{context.world_size} processes")
+    elif n_samples is not None and n_samples < batch:
+        problems.add(f"the training set has {n_samples} samples, fewer than one batch of {batch} "
+                     f"(train.batch_size); use --batch-size {n_samples} or less")
+    if workers < 0:
+        problems.add(f"train.workers is {workers}; use --workers 0 (load in the training process) or more")
+    elif workers > cpus and context.is_main:
+        tqdm.write(f"hearflow: warning: train.workers is {workers}, more than the {cpus} CPUs this process may "
+                   f"use, so loading competes with training (--workers {cpus} is the default)", file=sys.stderr)
+    if run_dir.exists() and not run_dir.is_dir():
+        problems.add(f"{run_dir} is a file, not a folder for the run; choose another {option('--out', 'out_dir')}")
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
@@ -380,12 +385,15 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
 # -- the loop's parts -----------------------------------------------------------------
 
 
-def _loader(trainer: Trainer, epoch: int) -> DataLoader:
+def _loader(trainer: Trainer, epoch: int):
+    """The epoch's batches: an iterator of a DataLoader, its workers started."""
     trainer.sampler.set_epoch(epoch)
     trainer.train_set.set_epoch(epoch)
-    return DataLoader(trainer.train_set, batch_size=trainer.local_batch, sampler=trainer.sampler,
-                      num_workers=trainer.config.train.workers, pin_memory=trainer.context.device.type == "cuda",
-                      drop_last=True)
+    with warnings.catch_warnings():  # more workers than CPUs: `_check_settings` said it once
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        return iter(DataLoader(trainer.train_set, batch_size=trainer.local_batch, sampler=trainer.sampler,
+                               num_workers=trainer.config.train.workers, drop_last=True,
+                               pin_memory=trainer.context.device.type == "cuda"))
 
 
 def _nan_message(trainer: Trainer, value: float, epoch: int, step: int) -> str:
@@ -393,7 +401,7 @@ def _nan_message(trainer: Trainer, value: float, epoch: int, step: int) -> str:
     kept = (f"{trainer.run_dir / 'last.pt'} (epoch {state.epoch}) is left as it was" if state.epoch
             else "no checkpoint was written yet")
     return (f"training stopped: the loss is {value} at epoch {epoch}, step {step} (global step "
-            f"{state.global_step + 1}); {kept} (lower --lr, or try --set train.amp=off)")
+            f"{state.global_step + 1}); {kept} (lower {option('--lr', 'train.lr')}, or try --set train.amp=off)")
 
 
 def _is_best(state: RunState, row: dict[str, Any]) -> bool:

@@ -1,7 +1,7 @@
 """Fixtures of the train / evaluate / dataset tests: one small synthetic prepared set.
 
 Import the fixtures into a test module with
-``from fixtures_train import single_thread, synth_set  # noqa: F401``.
+``from fixtures_train import synth_set  # noqa: F401``.
 The set is made once per session by `hearflow.synthetic.clips.synthesize` and
 `hearflow.prepare.prepare` (real MP4 files through the real pipeline): 16 clips of
 64 x 64 pixels, 2 s, a quarter of them without a visible sound source.
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from hearflow.prepare import prepare
 from hearflow.synthetic.clips import synthesize
@@ -46,16 +45,6 @@ def synth_set(tmp_path_factory) -> SynthSet:
     summary = prepare(root / "videos", root / "prepared", demo_config("cpu-small").data, progress=False)
     assert summary.prepared == CLIPS, summary.line()
     return SynthSet(root, root / "prepared", root / "annotations.json")
-
-
-@pytest.fixture
-def single_thread():
-    """One torch thread: the shared 2-core test machine runs several suites at once, and
-    oversubscribed intra-op threads make small models tens of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_config(**overrides):

@@ -93,6 +93,21 @@ def test_corrupt_file_is_one_clear_error(tmp_path):
         load(tmp_path / "absent.pt")
 
 
+def test_a_file_that_is_no_checkpoint_at_all_says_so_in_one_line(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "notes.txt").write_text("id,ciou\nclip_1,0.5\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "frame.jpg")
+    np.save(tmp_path / "flow.npy", np.zeros((4, 4, 2), np.float16))
+    for name in ("notes.txt", "frame.jpg", "flow.npy"):
+        with pytest.raises(HearflowError) as error:
+            load(tmp_path / name)
+        message = str(error.value)
+        assert message == (f"cannot read checkpoint {tmp_path / name}: not a PyTorch checkpoint "
+                           "(neither torch.save's zip archive nor its legacy pickle)")
+
+
 def test_foreign_state_dict_names_missing_and_unexpected_keys(tmp_path):
     state = build_model("htf-released").state_dict()
     del state["audnet.conv1.weight"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.signal
 import torch
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 from torch.utils.data import DataLoader
 
 from hearflow.config import preset_config
@@ -19,9 +19,6 @@ from hearflow.data.prepared import PreparedFolder, read_wav
 from hearflow.data.transforms import image_flow_tensors, spectrogram
 from hearflow.errors import HearflowError
 from hearflow.media.audio import resample
-
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def test_test_items_are_the_transforms_of_the_stored_sample(synth_set):
     config = small_config()

@@ -163,6 +163,7 @@ def test_study_compares_a_row_with_lvs_on_the_seeds_both_have(tmp_path):
     assert "| 1 | 0.650 | +0.050 | 1.000 | 0.500 |" in line  # one seed: no spread shown
 
 
+@pytest.mark.slow
 def test_a_frozen_pretrained_study_row_keeps_the_classifier_weights(tmp_path, monkeypatch):
     """Table 4 c on a tiny run: the row pre-trains once per seed, starts vision from that
     classifier and, frozen, ends training with exactly its weights (BatchNorm included)."""
@@ -173,7 +174,6 @@ def test_a_frozen_pretrained_study_row_keeps_the_classifier_weights(tmp_path, mo
     from hearflow.model.encoders import encoder_weights_state_dict
     from hearflow.synthetic.lab import SIZES, DemoSize
 
-    torch.set_num_threads(1)
     monkeypatch.setitem(SIZES, "quick", DemoSize(train_clips=64, test_clips=8, epochs=1))
     monkeypatch.setattr(study, "make_pretrained_weights",
                         functools.partial(study.make_pretrained_weights, images_per_class=4, epochs=1))

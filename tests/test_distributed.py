@@ -9,7 +9,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 from torch import nn
 
 from hearflow import distributed
@@ -19,9 +19,6 @@ from hearflow.model import build_model
 from hearflow.objective import global_batch_loss
 from hearflow.train import train, training_embedder
 from hearflow.synthetic.presets import demo_config
-
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def _free_port() -> int:
     with socket.socket() as probe:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 
 from hearflow.checkpoint import load, save_checkpoint
 from hearflow.cli import main
@@ -20,9 +20,6 @@ from hearflow.evaluate import evaluate
 from hearflow.metrics import ap_max_f1, ciou, summarize
 from hearflow.model import build_model
 from hearflow.scoring import Predictions, score
-
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -72,6 +69,25 @@ def test_cli_evaluate_writes_the_documented_files(synth_set, checkpoint, tmp_pat
     best_id = maps[0][len("best-01-"):-len(".png")]
     scored = [row for row in rows if row["ciou"]]
     assert best_id == max(scored, key=lambda row: float(row["ciou"]))["id"]
+
+
+def test_saved_maps_never_show_a_sample_as_both_best_and_worst(synth_set, tmp_path):
+    from hearflow.evaluate import save_overlays
+
+    annotations = load_annotations(synth_set.annotations)
+    dataset = PreparedDataset(synth_set.prepared, small_config(), train=False)
+    ids = [sample_id for sample_id in dataset.ids if annotations.has_source(sample_id)][:5]
+    predictions = Predictions(ids, np.zeros((5, 8, 8), np.float32), np.zeros(5, np.float32))
+    cious = np.array([0.2, 0.9, np.nan, 0.5, 0.1])  # ids[2] counts as a no-source sample
+    written = save_overlays(tmp_path / "few", predictions, cious, annotations, dataset, count=8)
+    assert [path.name for path in written] == [f"best-01-{ids[1]}.png", f"best-02-{ids[3]}.png",
+                                               f"worst-01-{ids[4]}.png", f"worst-02-{ids[0]}.png"]
+    three = Predictions(ids[:4], predictions.similarity[:4], predictions.confidence[:4])  # 3 scored: 2 best, 1 worst
+    written = save_overlays(tmp_path / "odd", three, cious[:4], annotations, dataset, count=8)
+    assert [path.name for path in written] == [f"best-01-{ids[1]}.png", f"best-02-{ids[3]}.png",
+                                               f"worst-01-{ids[0]}.png"]
+    written = save_overlays(tmp_path / "many", predictions, cious, annotations, dataset, count=1)
+    assert [path.name for path in written] == [f"best-01-{ids[1]}.png", f"worst-01-{ids[4]}.png"]
 
 
 def test_numbers_equal_a_per_sample_loop(synth_set, checkpoint):

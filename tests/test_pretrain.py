@@ -59,13 +59,13 @@ def test_an_object_image_is_a_still_frame_of_one_object():
         render_object_image(settings, seed=1, index=0, class_index=16)
 
 
+@pytest.mark.slow
 def test_pretraining_learns_to_name_held_out_objects():
     """4 classes (one hue: shape and texture tell them apart) x 40 images for 8 epochs.
 
     The training accuracy, and a nearest-centroid rule on the trunk's own features of
     held-out images, must be far above what an untrained trunk gives.
     """
-    torch.set_num_threads(1)
     config = demo_config("demo-lvs")
     classes = range(16, 20)
     images, labels = object_images(160, seed=3, classes=classes)

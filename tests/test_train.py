@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 import yaml
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 
 from hearflow.checkpoint import load, load_checkpoint
 from hearflow.cli import main
@@ -16,9 +16,6 @@ from hearflow.errors import HearflowError
 from hearflow.config import resolve
 from hearflow.objective import LOSSES, lvs_loss, register_loss
 from hearflow.train import METRICS_COLUMNS, train
-
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def _ids_file(path, ids):
     path.write_text("".join(f"{sample_id}\n" for sample_id in ids))

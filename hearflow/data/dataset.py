@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from hearflow.config import Config
 from hearflow.data.prepared import PreparedFolder
 from hearflow.data.transforms import sample_tensors
-from hearflow.errors import HearflowError
+from hearflow.errors import HearflowError, option
 
 
 class PreparedDataset(Dataset):
@@ -54,7 +54,7 @@ class PreparedDataset(Dataset):
         if self.folder.layout == "released" and self.data_config.flow_encoding == "signed":
             raise HearflowError(
                 f"{self.folder.path} is in the released layout, whose flow is 8-bit JPEG clipped to "
-                "[0, 255]: it cannot give signed flow. Use the 'official' flow encoding "
+                "[0, 255]: it cannot give signed flow. Use data.flow_encoding 'official' "
                 "(e.g. --preset htf-released, or --set data.flow_encoding=official)"
             )
         self.ids, self.skipped = self._select(list(self.folder.ids if ids is None else ids), skip_missing)
@@ -77,8 +77,8 @@ class PreparedDataset(Dataset):
                 skipped.append((sample_id, reason))
             else:
                 raise HearflowError(
-                    f"sample {sample_id!r} of {self.folder.path}: {reason} "
-                    "(rerun `hearflow prepare` on it, or pass --skip-missing to leave such samples out)"
+                    f"sample {sample_id!r} of {self.folder.path}: {reason} (rerun `hearflow prepare` on it, or "
+                    f"pass {option('--skip-missing', 'skip_missing=True')} to leave such samples out)"
                 )
         return kept, skipped
 

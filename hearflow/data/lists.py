@@ -46,7 +46,7 @@ def read_ids(path: str | Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as error:
-        raise HearflowError(f"cannot read --ids file {path}: {error}") from None
+        raise HearflowError(f"cannot read the id list {path}: {error}") from None
     ids = []
     for number, line in enumerate(lines):
         fields = [f.strip().strip('"') for f in line.split(",")]
@@ -62,7 +62,7 @@ def read_ids(path: str | Path) -> list[str]:
             first = f"{first}_{int(fields[1]):06d}"
         ids.append(first)
     if not ids:
-        raise HearflowError(f"--ids file {path} holds no ids")
+        raise HearflowError(f"the id list {path} holds no ids")
     return ids
 
 
@@ -76,7 +76,7 @@ def read_keyframes(path: str | Path) -> dict[str, int]:
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as error:
-        raise HearflowError(f"cannot read --keyframes file {path}: {error}") from None
+        raise HearflowError(f"cannot read the key-frame file {path}: {error}") from None
     keyframes = {}
     for number, line in enumerate(lines, 1):
         sample_id, _, indices = line.partition(",")

@@ -19,7 +19,7 @@ import torch
 from hearflow.config import InferenceOptions
 from hearflow.data.transforms import audio_window_length, sample_tensors
 from hearflow.distributed import resolve_device
-from hearflow.errors import HearflowError
+from hearflow.errors import HearflowError, option
 from hearflow.localize.steps import LocalizationStep, check_step_options, make_step
 from hearflow.localize.stream import StepReady, VideoRun
 from hearflow.media.audio import read_audio_window
@@ -167,7 +167,8 @@ class Localizer:
         if info.n_frames < 2:
             problem = f"{info.n_frames} frame(s); localizing needs at least 2 (frame + next)"
         elif not info.has_audio and not allow_silent:
-            problem = "no audio track, so there is no sound to localize (--allow-silent localizes with silence)"
+            problem = (f"no audio track, so there is no sound to localize "
+                       f"({option('--allow-silent', 'allow_silent=True')} localizes with silence)")
         if problem:
             video.close()
             raise HearflowError(f"{video_path}: {problem}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from hearflow.errors import HearflowError
+from hearflow.errors import HearflowError, option
 from hearflow.metrics import heatmap
 
 BOX_THRESHOLD = 0.5  # heatmap level (after min-max normalisation) that bounds the box
@@ -70,6 +70,7 @@ def make_step(similarity: np.ndarray, width: int, height: int, time_s: float | N
 def check_step_options(every: float | None, key_frame_only: bool) -> None:
     """HearflowError unless the step options make sense: `every` > 0, not with `key_frame_only`."""
     if every is not None and key_frame_only:
-        raise HearflowError("choose either every=SECONDS (--every) or key_frame_only (--key-frame), not both")
+        raise HearflowError(f"choose either {option('--every SECONDS', 'every=SECONDS')} or "
+                            f"{option('--key-frame', 'key_frame_only=True')}, not both")
     if every is not None and not every > 0:
-        raise HearflowError(f"--every must be a positive number of seconds, got {every}")
+        raise HearflowError(f"{option('--every', 'every')} must be a positive number of seconds, got {every}")

@@ -21,10 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hearflow.errors import HearflowError
+from hearflow.errors import HearflowError, option
 from hearflow.model.resnet import ResNetTrunk
 
 IMAGENET_WIDTH = 64  # torchvision's ResNet-18: the only width ImageNet weights exist for
+WITHOUT_PRETRAINED_WEIGHTS = (  # how a message says to start encoders random, for the CLI and for Python
+    f"{option('--no-pretrained', 'pretrained=False')} for every encoder, or --set model.vision_pretrained=false "
+    "/ --set model.flow_pretrained=false for one (Python: those config fields)"
+)
 
 
 class ImageEncoder(ResNetTrunk):
@@ -109,9 +113,8 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
         state = weights.get_state_dict(progress=False, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise HearflowError(
-            f"cannot load the ImageNet ResNet-18 weights ({weights.url}): {error}. "
-            "Either train without them (--no-pretrained, or model.vision_pretrained=false "
-            f"model.flow_pretrained=false) or download that file and place it at {imagenet_weights_file()}"
+            f"cannot load the ImageNet ResNet-18 weights ({weights.url}): {error}. Either start without them: "
+            f"{WITHOUT_PRETRAINED_WEIGHTS}; or download that file and place it at {imagenet_weights_file()}"
         ) from error
     return {name: tensor for name, tensor in state.items() if not name.startswith("fc.")}
 

@@ -16,6 +16,7 @@ from hearflow.config import Config
 from hearflow.errors import HearflowError
 from hearflow.model.encoders import (
     IMAGENET_WIDTH,
+    WITHOUT_PRETRAINED_WEIGHTS,
     AudioEncoder,
     ImageEncoder,
     encoder_weights_state_dict,
@@ -91,10 +92,8 @@ class HTF(nn.Module):
             return
         if m.pretrained_weights == "imagenet":
             if m.width != IMAGENET_WIDTH:
-                raise HearflowError(
-                    f"ImageNet weights exist only for model.width {IMAGENET_WIDTH}, not {m.width}; set "
-                    "model.vision_pretrained=false and model.flow_pretrained=false (or --no-pretrained)"
-                )
+                raise HearflowError(f"ImageNet weights exist only for model.width {IMAGENET_WIDTH}, not {m.width}; "
+                                    f"start without them: {WITHOUT_PRETRAINED_WEIGHTS}")
             weights = imagenet_state_dict()
         else:
             weights = encoder_weights_state_dict(m.pretrained_weights, m.width)

@@ -29,7 +29,7 @@ from hearflow.data.prepared import (
     manifest_name,
     sample_paths,
 )
-from hearflow.errors import HearflowError
+from hearflow.errors import HearflowError, option
 from hearflow.io import TMP_MARKER, write_atomic
 from hearflow.prepare.video import prepare_video
 from hearflow.prepare.workers import WorkerPool
@@ -138,19 +138,24 @@ def prepare(
     config = data_config or DataConfig()
     Config(data=config).validate()
     if workers < 1:
-        raise HearflowError(f"--workers must be at least 1, got {workers}")
+        raise HearflowError(f"{option('--workers', 'workers')} must be at least 1, got {workers}")
     if timeout_s <= 0:
-        raise HearflowError(f"--timeout must be positive, got {timeout_s}")
+        raise HearflowError(f"{option('--timeout', 'timeout_s')} must be positive, got {timeout_s}")
     if config.sample_rate <= 0 or config.seconds <= 0:
-        raise HearflowError("--sample-rate and --seconds must be positive")
+        raise HearflowError("data.sample_rate and data.seconds (--sample-rate, --seconds) must be positive")
     recipe = {key: getattr(config, key) for key in RECIPE_KEYS}
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HearflowError(f"{out} is a file; the output must be a folder (a new one, or one prepare wrote)")
     summary = PrepareSummary(out=str(out), failures_file=str(out / failures_name(shard)))
     videos = _select_videos(src, ids, shard, summary)
     tasks, input_failures = _tasks(videos, read_keyframes(keyframes) if keyframes is not None else {})
 
     for folder in ("frames", "flow", "audio"):
-        (out / folder).mkdir(parents=True, exist_ok=True)
+        try:
+            (out / folder).mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a parent that is a file, no permission, ...
+            raise HearflowError(f"cannot create {out / folder}: {error.strerror or error}") from None
     _check_recipe(out, recipe)
     _remove_stale_temporaries(out, {task[2] for task in tasks}, shard)
     manifest = CsvLog(

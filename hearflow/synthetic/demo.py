@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from hearflow.errors import HearflowError
+from hearflow.errors import HearflowError, option
 from hearflow.io import write_json, write_text
 from hearflow.synthetic.lab import (
     HTF,
@@ -31,6 +32,7 @@ from hearflow.synthetic.lab import (
     METHODS,
     SIZES,
     TORCH_THREADS,
+    DemoSize,
     make_data,
     method_metrics,
     predict_method,
@@ -42,6 +44,15 @@ from hearflow.synthetic.report import format_table, report_markdown, write_figur
 PRESETS = {HTF: "demo-htf", LVS: "demo-lvs"}
 
 
+# Seconds per unit of work on 2 idle CPU cores, from the default size's measured run
+# (docs/demo-results.md: 41 s to synthesise and prepare 1,500 clips with 2 workers, 143 s
+# and 111 s to train HTF and LVS for 8 epochs of 1,200 clips, 7 s to evaluate 300 clips):
+# the estimate printed before the run, rescaled by the measured pace as stages finish.
+SECONDS_PER_CLIP = 0.03  # synth + prepare, training and test clips alike
+SECONDS_PER_CLIP_EPOCH = {HTF: 0.015, LVS: 0.012}
+SECONDS_PER_TEST_CLIP = 0.025  # evaluating every method
+
+
 def run_demo(
     out_dir: str | Path = "hearflow-demo",
     quick: bool = False,
@@ -49,45 +60,48 @@ def run_demo(
     workers: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the demo into ``out_dir``; prints the table and returns the report (report.json).
+    """Run the demo into ``out_dir``; prints its stages, the table and what it says; returns the
+    report (report.json).
 
     quick: the small CI version (`SIZES`); seed: the training set is synthesised
     with ``2 * seed + 1``, the test set with ``2 * seed + 2``, and training uses
-    ``seed``; workers: processes for synthesis and preparation.
+    ``seed``; workers: processes for synthesis and preparation; progress: progress
+    bars (the stage headers are printed either way).
     """
     if seed < 0 or workers < 1:
-        raise HearflowError(f"--seed must be >= 0 and --workers >= 1, got {seed} and {workers}")
-    start = time.monotonic()
+        raise HearflowError(f"{option('--seed', 'seed')} must be >= 0 and {option('--workers', 'workers')} >= 1, "
+                            f"got {seed} and {workers}")
     torch.set_num_threads(TORCH_THREADS)
     size = SIZES["quick" if quick else "default"]
     out = Path(out_dir)
+    stages = Stages(size, quick)
     timings: dict[str, float] = {}
 
-    clock = time.monotonic()
+    stages.start("synth + prepare")
     configs = {
         name: demo_config(PRESETS[name], **{"train.seed": seed, "train.epochs": size.epochs, "train.workers": LOADER_WORKERS})
         for name in (HTF, LVS)
     }
     data = make_data(out, size.train_clips, size.test_clips, seed, configs[LVS], workers=workers, progress=progress)
-    timings["synth + prepare"] = time.monotonic() - clock
+    timings["synth + prepare"] = stages.finish()
 
     checkpoints = {}
     for name in (HTF, LVS):
-        clock = time.monotonic()
+        stages.start(f"train {name}")
         checkpoints[name] = train_model(configs[name], data.train_dir, out / "runs" / name, progress)
-        timings[f"train {name}"] = time.monotonic() - clock
+        timings[f"train {name}"] = stages.finish()
 
-    clock = time.monotonic()
+    stages.start("evaluate")
     maps = {name: predict_method(name, checkpoints.get(name, checkpoints[LVS]), data, configs.get(name, configs[LVS]),
                                  progress) for name in METHODS}
     methods = {name: method_metrics(maps[name], data) for name in METHODS}
-    timings["evaluate"] = time.monotonic() - clock
+    timings["evaluate"] = stages.finish()
 
     report = {
         "methods": methods,
         "train_clips": data.train_count,
         "test_clips": len(data.test_clips),
-        "seconds": round(time.monotonic() - start, 1),
+        "seconds": round(stages.elapsed(), 1),
         "seed": seed,
     }
     write_json(out / "report.json", report)
@@ -96,3 +110,67 @@ def run_demo(
     print(format_table(methods))
     print(f"report: {out / 'report.md'} ({report['seconds']:.0f} s)")
     return report
+
+
+class Stages:
+    """The demo's stages on the console: the plan with an estimate, then a header per stage with
+    the time so far and an estimate of what is left (the plan rescaled by the pace measured)."""
+
+    def __init__(self, size: DemoSize, quick: bool) -> None:
+        clip_epochs = size.train_clips * size.epochs
+        self.plan = {  # stage -> (header, planned seconds)
+            "synth + prepare": (f"synth and prepare {size.train_clips} training and {size.test_clips} test clips",
+                                (size.train_clips + size.test_clips) * SECONDS_PER_CLIP),
+            f"train {HTF}": (f"training HTF (1 of 2): {PRESETS[HTF]}, {size.epochs} epochs of {size.train_clips} clips",
+                             clip_epochs * SECONDS_PER_CLIP_EPOCH[HTF]),
+            f"train {LVS}": (f"training LVS (2 of 2): {PRESETS[LVS]}, {size.epochs} epochs of {size.train_clips} clips",
+                             clip_epochs * SECONDS_PER_CLIP_EPOCH[LVS]),
+            "evaluate": (f"evaluating HTF, LVS and 3 training-free baselines on {size.test_clips} test clips",
+                         size.test_clips * SECONDS_PER_TEST_CLIP),
+        }
+        self.begun = time.monotonic()
+        self.clock = self.begun
+        self.current = ""
+        self.done: list[str] = []
+        tqdm.write(f"hearflow demo{' --quick' if quick else ''}: 5 stages, about "
+                   f"{_duration(sum(s for _, s in self.plan.values()))} on 2 CPU cores")
+        for line in STAGE_LINES:
+            tqdm.write(f"  {line}")
+
+    def start(self, stage: str) -> None:
+        header, _ = self.plan[stage]
+        numbers = "1-2" if stage == "synth + prepare" else str(len(self.done) + 2)
+        line = f"[{numbers}/5] {header}"
+        if self.done:
+            planned_done = sum(self.plan[name][1] for name in self.done)
+            left = sum(s for name, (_, s) in self.plan.items() if name not in self.done)
+            pace = self.elapsed() / max(planned_done, 1e-9)
+            line += f" ({_duration(self.elapsed())} so far, about {_duration(left * pace)} to go)"
+        tqdm.write(line)
+        self.clock = time.monotonic()
+        self.current = stage
+
+    def finish(self) -> float:
+        """Seconds the current stage took."""
+        self.done.append(self.current)
+        return time.monotonic() - self.clock
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.begun
+
+
+STAGE_LINES = (
+    "1/5 synth     synthetic videos of two objects, one of them sounding (as `hearflow synth`)",
+    "2/5 prepare   key frame, optical flow to the next frame and 3 s of audio per clip (`hearflow prepare`)",
+    "3/5 train     HTF, the flow-prior model (`hearflow train`)",
+    "4/5 train     LVS, the same model without the flow prior",
+    "5/5 evaluate  both and three training-free baselines on the test clips; then OUT/report.md",
+)
+
+
+def _duration(seconds: float) -> str:
+    """``"45 s"``, or ``"3 min 20 s"`` (to 10 s) from a minute on."""
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    minutes, rest = divmod(int(round(seconds / 10) * 10), 60)
+    return f"{minutes} min" + (f" {rest} s" if rest else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +12,77 @@ import numpy as np
 from hearflow.data.prepared import PreparedFolder
 from hearflow.io import write_png
 from hearflow.metrics import heatmap
-from hearflow.overlay import draw_box, overlay_heatmap
-from hearflow.synthetic.lab import HTF, LATE_FUSION_ALPHA, LVS, METHOD_LABELS, SUBSETS, DemoData, source_moves
+from hearflow.overlay import draw_box, heatmap_scale, overlay_heatmap
+from hearflow.synthetic.lab import (
+    CENTER,
+    FLOW_ONLY,
+    HTF,
+    LATE_FUSION,
+    LATE_FUSION_ALPHA,
+    LVS,
+    METHOD_LABELS,
+    SUBSETS,
+    DemoData,
+    source_moves,
+)
 
 FIGURE_CLIPS = 6  # test clips in the figure: the first moving-source and still-source ones
 
 
 FIGURE_CELL = 160  # pixels per figure cell
+CONSOLE_WIDTH = 100  # characters per line of the notes under the printed table
+
+
+METRIC_NOTES = (
+    "cIoU@0.5: the share of test clips whose predicted region (the map above its median, as the benchmark "
+    "protocol binarises it) overlaps the sounding object's box with a consensus IoU of at least 0.5",
+    "AUC: the area under that share as the IoU threshold goes from 0 to 1; mean cIoU: the average overlap",
+    "pick rate (pick): the share of clips whose map is higher, on average, inside the sounding object's box than "
+    "inside every silent object's: does the method point at the right object at all",
+    "moving / still: mean cIoU / pick rate on the clips whose sounding object moves / stands still",
+)
+
+
+LEVEL = 0.02  # mean cIoU: closer than this is level (the seed-to-seed spread is about 0.025, docs/demo-results.md)
+
+
+def findings(methods: dict[str, dict[str, Any]]) -> list[str]:
+    """What the run says, in sentences computed from its numbers (``report.json``'s methods)."""
+    pick = {name: metrics.get("pick_rate") for name, metrics in methods.items()}
+    mean = {name: metrics["mean_ciou"] for name, metrics in methods.items()}
+    lines = []
+    if None not in (pick[HTF], pick[LVS], pick[CENTER], pick[FLOW_ONLY]):
+        bar = max(pick[CENTER], pick[FLOW_ONLY]) + 0.05
+        learnt = [METHOD_LABELS[name].split()[0] for name in (HTF, LVS) if pick[name] >= bar]
+        verdict = ("both trained models learnt to point at the sound" if len(learnt) == 2 else
+                   f"only {learnt[0]} learnt to point at the sound" if learnt else
+                   "neither trained model beat the baselines (try another --seed, or the default size)")
+        lines.append(f"HTF points at the sounding object in {pick[HTF]:.0%} of the test clips and LVS in "
+                     f"{pick[LVS]:.0%}; a centred box, which sees nothing, in {pick[CENTER]:.0%} and the flow "
+                     f"magnitude alone in {pick[FLOW_ONLY]:.0%}: {verdict}.")
+    gap = mean[HTF] - mean[LVS]
+    lines.append(f"What the flow prior adds (HTF against LVS): mean cIoU {mean[HTF]:.3f} against {mean[LVS]:.3f} "
+                 f"({gap:+.3f}): " + ("level on this seed" if abs(gap) < LEVEL else
+                                      f"{'HTF' if gap > 0 else 'LVS'} ahead on this seed")
+                 + "; docs/demo-results.md compares 3 seeds.")
+    moving, still = ({name: methods[name]["subsets"].get(subset, {}).get("mean_ciou") for name in (LVS, LATE_FUSION)}
+                     for subset in ("source_moves", "source_still"))
+    if None not in (*moving.values(), *still.values()):
+        lines.append(f"Late fusion (the LVS map times 1 + the flow magnitude): mean cIoU {mean[LATE_FUSION]:.3f}, "
+                     f"{_compare(moving)} LVS where the sounding object moves ({moving[LATE_FUSION]:.3f} against "
+                     f"{moving[LVS]:.3f}) and {_compare(still)} where it stands still ({still[LATE_FUSION]:.3f} "
+                     f"against {still[LVS]:.3f}).")
+    return lines
+
+
+def _compare(values: dict[str, float]) -> str:
+    gap = values[LATE_FUSION] - values[LVS]
+    return "level with" if abs(gap) < LEVEL else "above" if gap > 0 else "below"
 
 
 def format_table(methods: dict[str, dict[str, Any]]) -> str:
-    """The printed table: one row per method, overall metrics and the subsets' mean cIoU / pick rate."""
+    """The printed table (one row per method, overall metrics and the subsets' mean cIoU / pick
+    rate), what its columns mean and what the run says."""
     header = f"{'method':<30} {'cIoU@0.5':>8} {'AUC':>6} {'mean cIoU':>9} {'pick':>6} {'moving':>13} {'still':>13}"
     lines = [header, "-" * len(header)]
     for name, metrics in methods.items():
@@ -31,7 +92,9 @@ def format_table(methods: dict[str, dict[str, Any]]) -> str:
             values = metrics["subsets"].get(subset, {})
             cells.append(f"{_number(values.get('mean_ciou')):>6}/{_number(values.get('pick_rate')):>6}")
         lines.append(f"{METHOD_LABELS.get(name, name):<30} " + " ".join(cells))
-    lines.append("moving / still: mean cIoU / pick rate on clips whose sounding object moves / stands still")
+    lines += ["", *(textwrap.fill(note, CONSOLE_WIDTH, subsequent_indent="  ") for note in METRIC_NOTES), "",
+              "What this run says:"]
+    lines += [textwrap.fill(line, CONSOLE_WIDTH, initial_indent="- ", subsequent_indent="  ") for line in findings(methods)]
     return "\n".join(lines)
 
 
@@ -74,16 +137,17 @@ def report_markdown(
             values = metrics["subsets"].get(subset, {})
             cells.append(f"{_number(values.get('mean_ciou'))} / {_number(values.get('pick_rate'))}")
         lines.append(f"| {METHOD_LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += ["", "How to read the tables:", "", *(f"- {note}" for note in METRIC_NOTES)]
+    lines += ["", "What this run says:", "", *(f"- {line}" for line in findings(report["methods"]))]
     lines += [
-        "",
-        "The pick rate is the share of clips whose map is higher, on average, inside the sounding "
-        "object's box than inside every silent object's box.",
         "",
         "![test clips: frame with the sounding object's box, optical flow, LVS and HTF heatmaps](figure.png)",
         "",
         "Figure: the first test clips whose sounding object moves, then the first whose sounding "
         "object stands still (not chosen by score). Rows: key frame with the ground-truth box, "
-        "optical flow (hue = direction, brightness = speed), LVS heatmap, HTF heatmap.",
+        "optical flow (hue = direction, brightness = speed), LVS heatmap, HTF heatmap; the scale at the "
+        "bottom gives the heatmap colours, from each map's minimum (0) to its maximum (1), blended half "
+        "onto the frame.",
         "",
         "Checkpoints (usable as they are):",
         "",
@@ -143,7 +207,18 @@ def write_figure(path: Path, data: DemoData, maps: dict[str, Any]) -> None:
     heights = [columns[0].shape[0] - 4 * FIGURE_CELL] + [FIGURE_CELL] * 4
     legend = np.concatenate([_label(name, 110, height) for name, height in zip(names, heights)], axis=0)
     image = np.concatenate([legend, *columns], axis=1)
-    write_png(path, image)
+    write_png(path, np.concatenate([image, _scale_strip(image.shape[1])], axis=0))
+
+
+def _scale_strip(width: int, height: int = 44, left: int = 110) -> np.ndarray:
+    """The figure's bottom strip: the heatmap colour scale, 0 (a map's minimum) to 1 (its maximum)."""
+    strip = np.concatenate([_label("heatmap scale", left, height), np.full((height, width - left, 3), 255, np.uint8)],
+                           axis=1)
+    bar_left, bar_right = left + 8, width - 8
+    strip[6:20, bar_left:bar_right] = heatmap_scale(bar_right - bar_left, 14)
+    for text, x in (("0: the map's minimum", bar_left), ("1: its maximum", bar_right - 110)):
+        cv2.putText(strip, text, (x, 36), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
 
 
 def _label(text: str, width: int, height: int = 24) -> np.ndarray:
