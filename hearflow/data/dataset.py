@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from hearflow.config import Config
 from hearflow.data.prepared import PreparedFolder
+from hearflow.data.shards import PreparedShards, open_prepared
 from hearflow.data.transforms import sample_tensors
 from hearflow.errors import HearflowError
 
@@ -27,7 +28,7 @@ from hearflow.errors import HearflowError
 class PreparedDataset(Dataset):
     """Samples of a prepared folder (hearflow's or the released layout) as model inputs.
 
-    folder: a prepared folder (path or `PreparedFolder`); config: the run's Config
+    folder: a prepared folder or shards (a path, `PreparedFolder` or `PreparedShards`); config: the run's Config
     (its ``data`` section drives every transform); train: random crop + flip
     (else the test resize); ids: the samples to use, in order (default: all of the
     folder's). Ids the folder does not hold, and samples whose files are missing, are
@@ -46,7 +47,7 @@ class PreparedDataset(Dataset):
         ids: Iterable[str] | None = None,
         skip_missing: bool = False,
     ) -> None:
-        self.folder = folder if isinstance(folder, PreparedFolder) else PreparedFolder(folder)
+        self.folder = folder if isinstance(folder, (PreparedFolder, PreparedShards)) else open_prepared(folder)
         self.data_config = config.data
         self.train = train
         self.seed = config.train.seed
