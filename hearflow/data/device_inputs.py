@@ -12,11 +12,12 @@ antialiased bilinear for the flow), the crop, the flip, the normalisation and th
 spectrogram (`torch_spectrogram`).
 
 Numerically this is the CPU training transform made by other code: torch's
-antialiased filters are Pillow's, evaluated in float instead of Pillow's fixed point,
-and nvJPEG's IDCT differs from libjpeg's by a grey level here and there, so images
-differ from the CPU path's by a level or two on a few pixels and flows by float
-rounding (tests/test_device_inputs.py measures both on CPU). Evaluation always uses
-the CPU test transform.
+antialiased filters are Pillow's, evaluated in float instead of Pillow's fixed point
+(each pass rounded and clipped to 8 bits as Pillow's are), so on the CPU images differ
+from the CPU path's by one grey level on ~0.3 % of the pixels and flows by float
+rounding (tests/test_device_inputs.py); nvJPEG's IDCT may differ from libjpeg's by a
+level here and there on top (not measurable without a GPU). Evaluation always uses the
+CPU test transform.
 """
 
 from __future__ import annotations
@@ -145,20 +146,28 @@ def _crop_and_flip(frame: torch.Tensor, levels: torch.Tensor, step: float, crop:
     top, left, width, height, flip = crop
     size = data_config.image_size
     window = (slice(None), slice(top, top + size), slice(left, left + size))
-    image = F.interpolate(frame[None].float(), size=(height, width), mode="bicubic", antialias=True,
-                          align_corners=False)[0]
-    image = image.round().clamp(0, 255)[window]
+    image = _resize_levels(frame.float(), width, height)[window]
     flow = levels.float() * step
     if data_config.flow_encoding == "signed":
         scale = torch.tensor([width / flow.shape[2], height / flow.shape[1]], device=flow.device)[:, None, None]
         flow = F.interpolate(flow[None], size=(height, width), mode="bilinear", antialias=True,
                              align_corners=False)[0] * scale
     else:  # the released 8-bit flow images, resized like images, / 255
-        flow = F.interpolate(flow.round().clamp(0, 255)[None], size=(height, width), mode="bicubic",
-                             antialias=True, align_corners=False)[0].round().clamp(0, 255) / 255
+        flow = _resize_levels(flow.round().clamp(0, 255), width, height) / 255
     flow = flow[window]
     if flip:
         image, flow = image.flip(-1), flow.flip(-1)
         if data_config.flow_encoding == "signed" and data_config.flip_negates_flow:
             flow = flow * torch.tensor([-1.0, 1.0], device=flow.device)[:, None, None]
     return image, flow
+
+
+def _resize_levels(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Antialiased bicubic resize of 8-bit levels (float C x H x W) as Pillow does it: the
+    horizontal pass, rounded and clipped to 0..255, then the vertical pass, rounded and clipped
+    (clipping between the passes matters at sharp edges, where bicubic overshoots)."""
+    passes = ((image.shape[1], width), (height, width))
+    for size in passes:
+        image = F.interpolate(image[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
+        image = image.round().clamp(0, 255)
+    return image
