@@ -39,7 +39,7 @@ def _check(made, reference, flow_tolerance):
     image, flow, spec = made
     assert image.shape == reference[0].shape and flow.shape == reference[1].shape and spec.shape == reference[2].shape
     difference = (image - reference[0]).abs()
-    assert float(difference.max()) <= ONE_LEVEL + 1e-5  # one grey level on a few pixels
+    assert float(difference.max()) <= 2 * ONE_LEVEL + 1e-5  # each pass may round the other way
     assert float((difference > 1e-5).float().mean()) < 0.01
     assert float((flow - reference[1]).abs().max()) <= flow_tolerance
     torch.testing.assert_close(spec, reference[2], rtol=0, atol=1e-5)
