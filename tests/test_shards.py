@@ -151,3 +151,20 @@ def test_shards_tar_members_are_plain_files(shards):
     with tarfile.open(next(shards.glob("*.tar"))) as archive:
         infos = archive.getmembers()
     assert all(info.isfile() and info.mode == 0o644 and "/" not in info.name for info in infos)
+
+
+def test_long_ids_take_the_general_tar_reader(synth_set, tmp_path):
+    """An id too long for a ustar name gets a PAX header; both readers give the same members."""
+    from hearflow.data.shards import ShardWriter, members_of
+
+    long_id = "x" * 150
+    members = {"jpg": b"\xff\xd8jpeg", "flow.png": b"png", "flac": b"fLaC", "json": b"{}"}
+    writer = ShardWriter(tmp_path / "shard-000000.tar", mtime=0)
+    short = writer.add("short", members)
+    long = writer.add(long_id, members)
+    writer.close()
+    span = (tmp_path / "shard-000000.tar").read_bytes()
+    assert members_of(span[short.offset : short.offset + short.size], "short", "s") == members
+    assert members_of(span[long.offset : long.offset + long.size], long_id, "s") == members
+    with pytest.raises(HearflowError, match="lacks"):
+        members_of(span[short.offset : short.offset + short.size], long_id, "s")

@@ -169,25 +169,48 @@ class PreparedShards:
 def members_of(span: bytes, sample_id: str, shard: str) -> dict[str, bytes]:
     """The members of one sample's tar bytes, by extension; HearflowError when one is missing."""
     key = sample_key(sample_id)
-    members = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(span), mode="r:") as archive:
-            for info in archive:
-                name = info.name.rsplit("/", 1)[-1]
-                stem, _, extension = name.partition(".")
-                if stem == key and info.isfile():
-                    members[extension] = archive.extractfile(info).read()
-    except tarfile.TarError as error:
+        found = _ustar_members(span)
+        if found is None:  # PAX or GNU headers (long names): the general reader
+            with tarfile.open(fileobj=io.BytesIO(span), mode="r:") as archive:
+                found = [(info.name, archive.extractfile(info).read()) for info in archive if info.isfile()]
+    except (tarfile.TarError, ValueError) as error:
         raise HearflowError(f"sample {sample_id!r} in {shard}: damaged tar data ({error})") from None
+    members = {}
+    for name, data in found:
+        stem, _, extension = name.rsplit("/", 1)[-1].partition(".")
+        if stem == key:
+            members[extension] = data
     missing = [extension for extension in MEMBERS if extension not in members]
     if missing:
         raise HearflowError(f"sample {sample_id!r} in {shard} lacks {', '.join(key + '.' + m for m in missing)}")
     return members
 
 
+def _ustar_members(span: bytes) -> list[tuple[str, bytes]] | None:
+    """(name, data) of the regular files in tar bytes whose headers are all plain ustar ones
+    (what `ShardWriter` writes for short names), or None when another kind appears."""
+    found, position = [], 0
+    while position + 512 <= len(span):
+        header = span[position : position + 512]
+        if header == bytes(512):
+            break
+        if header[156:157] not in (b"0", b"\0") or header[257:262] != b"ustar":
+            return None
+        size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+        name = header[0:100].split(b"\0", 1)[0].decode("utf-8")
+        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8")
+        start = position + 512
+        if start + size > len(span):
+            raise ValueError("a member runs past the end of the sample's bytes")
+        found.append((f"{prefix}/{name}" if prefix else name, span[start : start + size]))
+        position = start + (size + 511) // 512 * 512
+    return found
+
+
 def decode_members(members: dict[str, bytes], sample_id: str) -> PreparedSample:
     """A `PreparedSample` from a sample's members (frame RGB uint8, flow float32, audio float32)."""
-    frame = cv2.imdecode(np.frombuffer(members["jpg"], np.uint8), cv2.IMREAD_COLOR)
+    frame = cv2.imdecode(np.frombuffer(members["jpg"], np.uint8), cv2.IMREAD_COLOR_RGB)
     if frame is None:
         raise HearflowError(f"sample {sample_id!r}: its .jpg member is not a readable JPEG")
     try:
@@ -195,7 +218,7 @@ def decode_members(members: dict[str, bytes], sample_id: str) -> PreparedSample:
         audio, sample_rate = decode_flac(members["flac"])
     except HearflowError as error:
         raise HearflowError(f"sample {sample_id!r}: {error}") from None
-    return PreparedSample(sample_id, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), flow, audio, sample_rate)
+    return PreparedSample(sample_id, frame, flow, audio, sample_rate)
 
 
 def _index_rows(path: Path) -> list[dict]:

@@ -34,6 +34,7 @@ Flow encodings (``data.flow_encoding``):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,17 +125,27 @@ def torch_spectrogram(audio: torch.Tensor, data_config: DataConfig) -> torch.Ten
     if audio.ndim != 2 or audio.shape[1] < nperseg:
         raise HearflowError(f"the spectrogram needs B x n mono windows of at least {nperseg} samples, got "
                             f"{tuple(audio.shape)}")
-    window64 = scipy.signal.get_window(("tukey", 0.25), nperseg)
-    window = torch.as_tensor(window64, dtype=torch.float32, device=audio.device)
+    window, window_transform, scale = _stft_constants(nperseg, data_config.sample_rate, audio.device)
     transform = torch.stft(audio, nperseg, hop_length=hop, window=window, center=False, onesided=True,
                            return_complex=True)
     means = audio.unfold(-1, nperseg, hop).mean(dim=-1)
-    transform = transform - means[:, None, :] * torch.fft.rfft(window)[None, :, None]
-    power = transform.real.square() + transform.imag.square()
-    power = power * float(1.0 / (data_config.sample_rate * np.square(window64).sum()))
-    power[:, 1 : nperseg // 2 + (nperseg % 2)] *= 2  # one-sided: every bin but DC (and Nyquist, even n)
+    transform = transform - means[:, None, :] * window_transform[None, :, None]
+    power = (transform.real.square() + transform.imag.square()) * scale
     spec = (torch.log(power + data_config.log_eps) - data_config.spec_mean) / data_config.spec_std
     return spec[:, None]
+
+
+@functools.lru_cache(maxsize=16)
+def _stft_constants(nperseg: int, sample_rate: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """scipy's Tukey(0.25) window, its transform, and the density scaling per bin (the
+    one-sided doubling of every bin but DC and, for even n, Nyquist included)."""
+    window64 = scipy.signal.get_window(("tukey", 0.25), nperseg)
+    window = torch.as_tensor(window64, dtype=torch.float32, device=device)
+    scale = np.full(nperseg // 2 + 1, 2.0 / (sample_rate * np.square(window64).sum()))
+    scale[0] /= 2
+    if nperseg % 2 == 0:
+        scale[-1] /= 2
+    return window, torch.fft.rfft(window), torch.as_tensor(scale, dtype=torch.float32, device=device)[:, None]
 
 
 def image_flow_tensors(
