@@ -168,3 +168,17 @@ def test_long_ids_take_the_general_tar_reader(synth_set, tmp_path):
     assert members_of(span[long.offset : long.offset + long.size], long_id, "s") == members
     with pytest.raises(HearflowError, match="lacks"):
         members_of(span[short.offset : short.offset + short.size], long_id, "s")
+
+
+def test_a_folder_of_an_earlier_version_packs_with_its_flow_quantised(synth_set, tmp_path):
+    legacy = synth_set.copy_prepared(tmp_path / "legacy")
+    current = PreparedFolder(synth_set.prepared)
+    for sample_id in current.ids:
+        np.save(legacy / "flow" / f"{sample_id}.npy", current.read(sample_id).flow.astype(np.float16))
+        (legacy / "flow" / f"{sample_id}.png").unlink()
+    pack(legacy, tmp_path / "shards", progress=False)
+    old, packed = PreparedFolder(legacy), PreparedShards(tmp_path / "shards")
+    for sample_id in old.ids[:4]:
+        a, b = old.read(sample_id), packed.read(sample_id)
+        assert np.array_equal(a.frame, b.frame) and np.array_equal(a.audio, b.audio)
+        assert np.abs(a.flow - b.flow).max() <= 1 / 64

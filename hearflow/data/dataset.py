@@ -57,6 +57,9 @@ class PreparedDataset(Dataset):
         self.encoded = encoded
         if encoded and not train:
             raise HearflowError("encoded items (train.gpu_inputs) are for training; evaluation uses the test transform")
+        if encoded and self.folder.layout == "released":
+            raise HearflowError(f"{self.folder.path} is in the released layout; train.gpu_inputs reads folders made "
+                                "by `hearflow prepare` and shards made by `hearflow pack`")
         self.seed = config.train.seed
         self.epoch = 0
         if self.folder.layout == "released" and self.data_config.flow_encoding == "signed":
