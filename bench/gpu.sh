@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU rows of bench/README.md, in one run on one CUDA machine:
 #   1. bench/train_step.py at real size: htf, batch 128, 224 x 224, bf16 autocast; the model
-#      step alone on an in-memory batch against hearflow's loop reading a prepared folder;
+#      step alone on an in-memory batch against hearflow's loop reading a prepared folder, then
+#      the shards of the same clips with 8 workers, with and without train.gpu_inputs (issue 18);
 #   2. the CUDA paths of `hearflow train` and `hearflow evaluate` end to end: 2 epochs under
 #      torchrun (NCCL process group, bf16 autocast, validation), 1 epoch with fp16 + grad
 #      scaler, and evaluate of the best checkpoint on the GPU.
@@ -28,6 +29,10 @@ python3 -c "import torch, torchvision, av, cv2; print('torch', torch.__version__
 
 step train_step python3 bench/train_step.py --device cuda --batch 128 --steps 20 --workers "$workers" \
     --data "$work/bench"
+step train_step_shards_gpu_inputs python3 bench/train_step.py --device cuda --batch 128 --steps 60 --workers 8 \
+    --data "$work/bench" --shards --gpu-inputs
+step train_step_shards_cpu_inputs python3 bench/train_step.py --device cuda --batch 128 --steps 60 --workers 8 \
+    --data "$work/bench" --shards
 step synth_val python3 -m hearflow.cli synth "$work/val" --clips 64 --seed 1 --size 456x256 --seconds 3 \
     --workers "$workers"
 step prepare_val python3 -m hearflow.cli prepare "$work/val/videos" "$work/val-prepared" --workers "$workers" --quiet

@@ -24,6 +24,11 @@ so a change of load from other jobs on a shared machine shows up as their spread
     python3 bench/train_step.py                  # htf, batch 32, 4 steps, 2 workers
     python3 bench/train_step.py --data DIR       # reuse (or keep) the prepared clips in DIR
     python3 bench/train_step.py --device cuda --batch 128 --steps 20 --workers 12   # a GPU
+    python3 bench/train_step.py --device cuda --batch 128 --steps 60 --workers 8 --shards --gpu-inputs
+
+``--shards`` trains from the clips packed by `hearflow pack` (streamed); ``--gpu-inputs``
+sets ``train.gpu_inputs`` (workers read bytes; JPEG decoding, resizes, crop, flip and
+spectrogram run on the device).
 
 On CUDA both sides run under the same autocast (``train.amp``, bf16 where supported)
 and the model-only timing synchronises the device before reading the clock.
@@ -41,12 +46,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from hearflow.config import preset_config
 from hearflow.data.dataset import PreparedDataset
+from hearflow.data.loading import TrainingData
 from hearflow.distributed import Distributed, resolve_device
 from hearflow.model import build_model
+from hearflow.pack import pack
 from hearflow.prepare import prepare
 from hearflow.objective import global_batch_loss
 from hearflow.synthetic.clips import synthesize
@@ -97,14 +103,17 @@ def model_step_rate(config, batch: dict, steps: int, device: torch.device) -> fl
     return steps * len(batch["image"]) / (time.perf_counter() - start)
 
 
-def loader_rate(dataset: PreparedDataset, batch_size: int, workers: int, batches: int) -> float:
-    """Samples/s of the training DataLoader alone (after its first batch)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
-    iterator = iter(loader)
-    next(iterator)
+def loader_rate(data: TrainingData, batch_size: int, workers: int, batches: int, device: torch.device) -> float:
+    """Samples/s of the training loader alone (after its first batch), inputs made on ``device``
+    (with ``train.gpu_inputs``, the device's share of the work is in it)."""
+    iterator = iter(data.loader(1, batch_size, workers, pin_memory=device.type == "cuda"))
+    data.inputs(next(iterator), device)
     start = time.perf_counter()
     for _ in range(batches):
-        next(iterator)
+        inputs = data.inputs(next(iterator), device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    del inputs
     return batches * batch_size / (time.perf_counter() - start)
 
 
@@ -132,6 +141,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     parser.add_argument("--amp", default="auto", help="train.amp on CUDA: auto, bf16, fp16 or off (default: auto)")
     parser.add_argument("--data", type=Path, help="folder for the prepared clips (kept); default: a temporary one")
+    parser.add_argument("--shards", action="store_true", help="train from the clips packed into shards (streamed)")
+    parser.add_argument("--gpu-inputs", action="store_true", help="train.gpu_inputs: JPEG decoding, resizes and "
+                        "spectrogram on the device, workers only read bytes")
     args = parser.parse_args()
 
     root = args.data or Path(tempfile.mkdtemp(prefix="bench_train_step_"))
@@ -140,24 +152,31 @@ def main() -> int:
         folder = prepared_folder(root, args.workers)
         config = preset_config(args.preset, **{
             "train.batch_size": args.batch, "train.epochs": 1, "train.workers": args.workers, "train.amp": args.amp,
+            "train.gpu_inputs": args.gpu_inputs,
         })
+        source = folder
+        if args.shards:
+            source = root / "shards"
+            if not (source / "index.csv").exists():
+                pack(folder, source, progress=False)
         device = resolve_device(args.device)
         dataset = PreparedDataset(folder, config, train=True)
         needed = args.batch * (args.steps + 1)
         ids = [dataset.ids[i % len(dataset.ids)] for i in range(needed)]
         ids_file = root / "ids.txt"
         ids_file.write_text("".join(f"{sample_id}\n" for sample_id in ids))
-        loader_only = loader_rate(PreparedDataset(folder, config, train=True, ids=ids), args.batch, args.workers,
-                                  args.steps)
+        loader_only = loader_rate(TrainingData(source, config, ids, False), args.batch, args.workers, args.steps,
+                                  device)
         items = [dataset[i % len(dataset)] for i in range(args.batch)]
         batch = {key: torch.stack([item[key] for item in items]) for key in ("image", "flow", "spectrogram")}
 
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(f"{args.preset}, batch {args.batch}, {args.steps} timed steps, {where}, amp "
               f"{amp_dtype_for(config.train.amp, device)}, torch {torch.__version__} ({torch.get_num_threads()} "
-              f"threads), {args.workers} loader workers", file=sys.stderr)
+              f"threads), {args.workers} loader workers, {'shards' if args.shards else 'folder'}, "
+              f"gpu_inputs {args.gpu_inputs}", file=sys.stderr)
         before = model_step_rate(config, batch, args.steps, device)
-        steady, epoch = loop_rates(config, folder, ids_file, root / "run", device)
+        steady, epoch = loop_rates(config, source, ids_file, root / "run", device)
         after = model_step_rate(config, batch, args.steps, device)
     finally:
         if args.data is None:

@@ -110,7 +110,7 @@ def _add_prepare(commands) -> None:
         "prepare",
         help="turn a folder of videos into training/test samples (frame, flow, audio)",
         description="Prepare every video of SRC into OUT: the key frame (middle frame, or --keyframes) "
-        "as JPEG, the optical flow to the next frame as float16 .npy, and the audio window around it as "
+        "as JPEG, the optical flow to the next frame as a 16-bit PNG (quantised to 1/32 pixel), and the audio window around it as "
         "16-bit WAV, with OUT/manifest.csv and OUT/failures.csv. Bad videos are recorded in failures.csv "
         "and the run goes on; a rerun skips finished samples. The recipe is the data section of the config "
         "(--preset < --config < --set < the flags below).",
@@ -125,7 +125,8 @@ def _add_prepare(commands) -> None:
                         "1-based, first candidate used); other videos use the middle frame")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--shard", metavar="I/N", help="do only shard I of N (0 <= I < N, by a stable hash of the "
-                        "id), e.g. one shard per machine; shards may share OUT")
+                        "id), e.g. one shard per machine; shards may share OUT; `auto`: this task's place in a "
+                        "SLURM array job (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT)")
     parser.add_argument("--flow", dest="data.flow_method", choices=("farneback", "dis"),
                         help="flow method: farneback (paper) or dis (faster); default: the preset's")
     parser.add_argument("--flow-pairs", dest="data.flow_pairs", type=int, metavar="K", help="average the flow of "
@@ -160,6 +161,37 @@ def _run_prepare(args) -> int:
     return summary.exit_status
 
 
+def _add_pack(commands) -> None:
+    parser = commands.add_parser(
+        "pack",
+        help="pack a prepared folder into WebDataset-style tar shards with an index (for training at scale)",
+        description="Write PREPARED's samples into OUT/shard-NNNNNN.tar files of at most --shard-size bytes: per "
+        "sample {key}.jpg (the frame as it is), {key}.flow.png (the 16-bit flow), {key}.flac (the audio, "
+        "lossless) and {key}.json (its manifest row); then OUT/index.csv and OUT/shards.json. `hearflow train "
+        "--train OUT` and `hearflow evaluate --data OUT` read the shards as they read a folder; `tar -xf` and "
+        "the webdataset library read them too.",
+    )
+    parser.add_argument("prepared", metavar="PREPARED", help="a folder made by `hearflow prepare`")
+    parser.add_argument("out", metavar="OUT", help="output folder (created)")
+    parser.add_argument("--shard-size", default="1GB", metavar="SIZE",
+                        help="largest shard, e.g. 1GB, 500MB or 2GiB (default 1GB)")
+    parser.add_argument("--shard", metavar="I/N", help="pack only part I of N of the ids (by the stable hash "
+                        "`prepare --shard` uses) into shard-I-of-N-*.tar and index.shard-I-of-N.csv, so N jobs "
+                        "can share OUT; `auto`: this task's place in a SLURM array job")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_pack)
+
+
+def _run_pack(args) -> int:
+    from hearflow.data.lists import parse_shard
+    from hearflow.pack import pack
+
+    summary = pack(args.prepared, args.out, shard_size=args.shard_size,
+                   part=parse_shard(args.shard) if args.shard else None, progress=not args.quiet)
+    print(summary.line())
+    return 0
+
+
 def _add_train(commands) -> None:
     parser = commands.add_parser(
         "train",
@@ -171,7 +203,8 @@ def _add_train(commands) -> None:
     )
     _config_options(parser, "named configuration to start from (default: the config file's `preset`, else "
                     "htf; with --resume, the run's own)")
-    parser.add_argument("--train", metavar="DIR", help="prepared training folder")
+    parser.add_argument("--train", metavar="DIR", help="prepared training folder, or shards made by `hearflow pack` "
+                        "(streamed: shards split over processes and loader workers, --set train.shuffle_buffer=N)")
     parser.add_argument("--train-ids", metavar="FILE",
                         help="text file of sample ids (one per line) to train on, e.g. a 10k subset list")
     parser.add_argument("--val", metavar="DIR", help="prepared validation folder, scored after every epoch")
@@ -231,7 +264,8 @@ def _add_evaluate(commands) -> None:
         "and overlays of the best and worst maps.",
     )
     parser.add_argument("--checkpoint", required=True, help="hearflow .pt or released .pth/.ckpt checkpoint")
-    parser.add_argument("--data", required=True, metavar="DIR", help="prepared test folder")
+    parser.add_argument("--data", required=True, metavar="DIR", help="prepared test folder, or its shards "
+                        "(`hearflow pack`)")
     parser.add_argument("--annotations", required=True, metavar="PATH",
                         help="VGG-SS-style JSON file, or folder of Flickr SoundNet XML files")
     parser.add_argument("--benchmark", choices=("auto", "flickr", "vggss"), default="auto",
@@ -337,6 +371,7 @@ def _run_demo(args) -> int:
 COMMANDS = [  # in pipeline order
     _add_synth,
     _add_prepare,
+    _add_pack,
     _add_train,
     _add_evaluate,
     _add_localize,

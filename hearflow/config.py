@@ -106,6 +106,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = field(default_factory=machine_workers)  # data-loading processes per training process
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16) | bf16 | fp16 | off
+    shuffle_buffer: int = 1000  # samples each loader worker mixes when streaming shards (~150 KB each)
+    gpu_inputs: bool = False  # decode JPEGs, resize, crop, flip and spectrogram on the device
 
 
 @dataclass
@@ -139,6 +141,8 @@ class Config:
             raise HearflowError("data.train_resize must be at least data.image_size")
         if d.noverlap >= d.nperseg:
             raise HearflowError("data.noverlap must be smaller than data.nperseg")
+        if self.train.shuffle_buffer < 1:
+            raise HearflowError("train.shuffle_buffer must be at least 1 (1 = no shuffling within a worker)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,7 +281,7 @@ class InferenceOptions:
 LEGACY_KEYS = ("model.flow_fusion",)
 # Fields added since the first version, whose defaults are what that version did: a
 # complete config written before they existed is still complete.
-ADDED_FIELDS = ("objective.loss",)
+ADDED_FIELDS = ("objective.loss", "train.shuffle_buffer", "train.gpu_inputs")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from hearflow import distributed
 from hearflow.config import Config
 from hearflow.data.annotations import Annotations, load_annotations
 from hearflow.data.dataset import PreparedDataset
-from hearflow.data.prepared import PreparedFolder
+from hearflow.data.shards import open_prepared
 from hearflow.errors import HearflowError
 from hearflow.metrics import ap_max_f1, ciou, summarize
 
@@ -152,7 +152,7 @@ class AnnotatedSet:
         skip_missing: bool = False,
     ) -> None:
         self.annotations = load_annotations(annotations, benchmark)
-        prepared = PreparedFolder(folder)
+        prepared = open_prepared(folder)
         self.matching = match_ids(list(self.annotations.ids), list(prepared.ids))
         if not self.matching.ids:
             raise HearflowError(

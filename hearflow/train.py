@@ -19,7 +19,8 @@ validation set is given, the checkpoints, a row of ``metrics.csv``, TensorBoard:
 - ``RUN_DIR/config.yaml``: the run's full configuration.
 
 Under ``torchrun --nproc-per-node N`` each process reads ``batch_size / N`` pairs of
-every global batch (a DistributedSampler), features are gathered so that every
+every global batch (a DistributedSampler over a prepared folder; its own part of
+each epoch's stream over shards, `hearflow.data.loading`), features are gathered so that every
 process computes the loss of the global batch, BatchNorm is synchronised, and rank 0
 alone writes files and draws the progress bar: N processes train the model that one
 process would train with the same global batch.
@@ -38,13 +39,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from hearflow import distributed
 from hearflow.checkpoint import load_checkpoint, load_state, save_checkpoint
 from hearflow.config import Config, differences, machine_workers
-from hearflow.data.dataset import PreparedDataset
+from hearflow.data.loading import TrainingData
 from hearflow.data.lists import read_ids
 from hearflow.errors import HearflowError, Problems, option
 from hearflow.io import csv_text, write_text
@@ -104,8 +104,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
-    train_set: PreparedDataset
-    sampler: DistributedSampler
+    train_data: TrainingData
     validation: AnnotatedSet | None
     global_batch: int
     local_batch: int
@@ -201,18 +200,16 @@ def build(
     problems.attempt(get_loss, config.objective.loss)
     seed_everything(config.train.seed)
     ids = None if paths.train_ids is None else problems.attempt(read_ids, paths.train_ids)
-    train_set = problems.attempt(PreparedDataset, paths.train_dir, config, train=True, ids=ids,
-                                 skip_missing=skip_missing)
+    train_data = problems.attempt(TrainingData, paths.train_dir, config, ids, skip_missing, context.rank,
+                                  context.world_size)
     validation = None
     if paths.val_dir is not None:
         validation = problems.attempt(AnnotatedSet, paths.val_dir, paths.val_annotations, config,
                                       skip_missing=skip_missing)
-    _check_settings(problems, config, None if train_set is None else len(train_set), context, run_dir)
+    _check_settings(problems, config, None if train_data is None else len(train_data), context, run_dir)
     model = problems.attempt(build_model, config=config, pretrained=pretrained)
     problems.raise_any()
     global_batch, local_batch = config.train.batch_size, config.train.batch_size // context.world_size
-    sampler = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True,
-                                 seed=config.train.seed)
     if checkpoint is not None:
         load_state(model, checkpoint["state_dict"], run_dir / "last.pt")
     model.to(context.device)
@@ -227,7 +224,7 @@ def build(
         state = RunState(int(checkpoint["epoch"]), int(checkpoint["global_step"]), dict(checkpoint["best"]))
         set_rng_state(checkpoint["rng"])
     return Trainer(config, paths, run_dir, context, model, training_embedder(model, context), optimizer, scaler,
-                   amp_dtype, train_set, sampler, validation, global_batch, local_batch, state)
+                   amp_dtype, train_data, validation, global_batch, local_batch, state)
 
 
 def train_one_epoch(trainer: Trainer, epoch: int, writer, progress: bool = True) -> dict[str, Any]:
@@ -238,7 +235,7 @@ def train_one_epoch(trainer: Trainer, epoch: int, writer, progress: bool = True)
                disable=not (trainer.context.is_main and progress), dynamic_ncols=True, leave=True)
     total_loss, steps, start = 0.0, 0, time.perf_counter()
     for step, batch in enumerate(bar, start=1):
-        inputs = tuple(batch[key].to(device, non_blocking=True) for key in ("image", "flow", "spectrogram"))
+        inputs = trainer.train_data.inputs(batch, device)
         loss = global_batch_loss(trainer.embedder, trainer.model, inputs, config.objective, trainer.amp_dtype)
         value = loss.item()
         if not math.isfinite(value):
@@ -386,14 +383,11 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def _loader(trainer: Trainer, epoch: int):
-    """The epoch's batches: an iterator of a DataLoader, its workers started."""
-    trainer.sampler.set_epoch(epoch)
-    trainer.train_set.set_epoch(epoch)
+    """The epoch's batches: an iterator of the training data's DataLoader, its workers started."""
     with warnings.catch_warnings():  # more workers than CPUs: `_check_settings` said it once
         warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-        return iter(DataLoader(trainer.train_set, batch_size=trainer.local_batch, sampler=trainer.sampler,
-                               num_workers=trainer.config.train.workers, drop_last=True,
-                               pin_memory=trainer.context.device.type == "cuda"))
+        return iter(trainer.train_data.loader(epoch, trainer.local_batch, trainer.config.train.workers,
+                                              pin_memory=trainer.context.device.type == "cuda"))
 
 
 def _nan_message(trainer: Trainer, value: float, epoch: int, step: int) -> str:

@@ -103,8 +103,8 @@ def test_fit_audio_crops_the_centre_and_tiles_short_clips():
 def test_missing_files_are_an_error_or_skipped_and_listed(synth_set, tmp_path):
     folder = synth_set.copy_prepared(tmp_path / "prepared")
     ids = synth_set.ids()
-    (folder / "flow" / f"{ids[2]}.npy").unlink()
-    with pytest.raises(HearflowError, match=rf"{ids[2]}.*missing .*flow.*{ids[2]}\.npy.*--skip-missing"):
+    (folder / "flow" / f"{ids[2]}.png").unlink()
+    with pytest.raises(HearflowError, match=rf"{ids[2]}.*missing .*flow.*{ids[2]}\.png.*--skip-missing"):
         PreparedDataset(folder, small_config(), train=True)
     dataset = PreparedDataset(folder, small_config(), train=True, skip_missing=True)
     assert dataset.ids == ids[:2] + ids[3:]
@@ -121,7 +121,7 @@ def _released_copy(synth_set, destination):
     for sample_id in folder.ids:
         shutil.copy(synth_set.prepared / "frames" / f"{sample_id}.jpg", destination / "frames")
         shutil.copy(synth_set.prepared / "audio" / f"{sample_id}.wav", destination / "audio")
-        flow = np.load(synth_set.prepared / "flow" / f"{sample_id}.npy").astype(np.float32)
+        flow = folder.read(sample_id).flow
         for channel, name in enumerate(("flow_x", "flow_y")):
             cv2.imwrite(str(destination / "flow" / name / f"{sample_id}.jpg"), np.clip(flow[..., channel], 0, 255))
     return destination

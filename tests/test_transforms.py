@@ -196,3 +196,108 @@ def test_bad_arrays_are_clear_errors():
         image_flow_tensors(coordinate_frame().astype(np.float32), square_flow(), config, train=False)
     with pytest.raises(HearflowError, match="h x w x 2"):
         image_flow_tensors(coordinate_frame(), np.zeros((HEIGHT, WIDTH, 3), np.float32), config, train=False)
+
+
+# ---------------------------------------------------------------------------------------
+# The fast paths against the obvious ones
+
+
+def _reference_image_flow(frame, flow, config, train, rng=None):
+    """The transform as first written: whole resizes with Pillow, then the crop and flip,
+    arithmetic normalisation; the reference of the faster code (bit for bit at test time)."""
+    from PIL import Image
+
+    size = config.image_size
+    height, width = frame.shape[:2]
+    if train:
+        target = (int(config.train_resize * width / height), config.train_resize) if width > height else \
+            (config.train_resize, int(config.train_resize * height / width))
+    else:
+        target = (size, size)
+    image = np.asarray(Image.fromarray(frame).resize(target, Image.BICUBIC))
+    if config.flow_encoding == "signed":
+        scale = (target[0] / flow.shape[1], target[1] / flow.shape[0])
+        flow = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(flow[..., c])).resize(target, Image.BILINEAR))
+                         * scale[c] for c in range(2)], axis=-1).astype(np.float32)
+    else:
+        levels = np.clip(np.rint(flow), 0, 255).astype(np.uint8)
+        flow = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(levels[..., c])).resize(target, Image.BICUBIC))
+                         for c in range(2)], axis=-1).astype(np.float32) / 255
+    if train:
+        top = int(rng.integers(0, target[1] - size + 1))
+        left = int(rng.integers(0, target[0] - size + 1))
+        image, flow = image[top : top + size, left : left + size], flow[top : top + size, left : left + size]
+        if rng.random() < 0.5:
+            image, flow = image[:, ::-1], flow[:, ::-1]
+            if config.flow_encoding == "signed" and config.flip_negates_flow:
+                flow = flow * np.array([-1, 1], dtype=np.float32)
+    image = (image.astype(np.float32) / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    return image.transpose(2, 0, 1), flow.transpose(2, 0, 1)
+
+
+def _random_pair(rng, height, width, flow_size=None):
+    import cv2
+
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 1.0)
+    flow_height, flow_width = flow_size or (height, width)
+    flow = cv2.GaussianBlur(rng.normal(0, 4, (flow_height, flow_width, 2)).astype(np.float32), (0, 0), 2.0)
+    return frame, flow.astype(np.float32) * 20
+
+
+@pytest.mark.parametrize("preset", ["htf", "htf-released"])
+def test_the_test_transform_is_bit_identical_to_the_reference(preset):
+    rng = np.random.default_rng(11)
+    config = data_config(preset)
+    for height, width, flow_size in [(256, 455, None), (256, 341, None), (300, 256, None), (256, 455, (128, 227))]:
+        frame, flow = _random_pair(rng, height, width, flow_size)
+        if preset == "htf-released":
+            flow = np.abs(flow) * 4
+        image, flow_tensor = image_flow_tensors(frame, flow, config, train=False)
+        ref_image, ref_flow = _reference_image_flow(frame, flow, config, train=False)
+        np.testing.assert_array_equal(image.numpy(), ref_image)
+        np.testing.assert_array_equal(flow_tensor.numpy(), ref_flow)
+
+
+@pytest.mark.parametrize("preset", ["htf", "htf-released"])
+def test_the_train_transform_equals_the_reference_within_rounding(preset):
+    """Resizing only the crop's region moves a few pixels by one grey level and the flow
+    by float rounding; the crop and flip drawn from the same generator are the same."""
+    rng = np.random.default_rng(12)
+    config = data_config(preset)
+    one_level = 1 / 255 / IMAGENET_STD.min()
+    changed, total = 0, 0
+    for seed in range(8):
+        frame, flow = _random_pair(rng, 256, 455, (128, 227) if seed % 4 == 3 else None)
+        if preset == "htf-released":
+            flow = np.abs(flow) * 4
+        image, flow_tensor = image_flow_tensors(frame, flow, config, True, np.random.default_rng(seed))
+        ref_image, ref_flow = _reference_image_flow(frame, flow, config, True, np.random.default_rng(seed))
+        difference = np.abs(image.numpy() - ref_image)
+        assert difference.max() <= one_level * 1.0001
+        changed += int((difference > 1e-6).sum())
+        total += difference.size
+        tolerance = 1 / 255 + 1e-6 if preset == "htf-released" else 1e-4 * np.abs(ref_flow).max()
+        assert np.abs(flow_tensor.numpy() - ref_flow).max() <= tolerance
+    assert changed / total < 0.01
+
+
+@pytest.mark.parametrize("preset", ["htf", "htf-released"])
+def test_torch_spectrogram_equals_scipys_to_1e_5(preset):
+    from hearflow.data.transforms import torch_spectrogram
+
+    config = data_config(preset)
+    rng = np.random.default_rng(13)
+    length = audio_window_length(config)
+    t = np.arange(length) / config.sample_rate
+    windows = np.stack([
+        rng.uniform(-1, 1, length),
+        0.3 + 0.01 * rng.standard_normal(length),  # a DC offset: what the detrending removes
+        0.5 * np.sin(2 * np.pi * 440 * t) * (t > 1.0),  # silence, then a tone
+        np.zeros(length),
+    ]).astype(np.float32)
+    fast = torch_spectrogram(torch.from_numpy(windows), config)
+    assert fast.shape == (4, 1, 257, spectrogram(windows[0], config).shape[2]) and fast.dtype == torch.float32
+    for row, window in enumerate(windows):
+        np.testing.assert_allclose(fast[row].numpy(), spectrogram(window, config), rtol=0, atol=1e-5)
+    with pytest.raises(HearflowError, match="at least 512"):
+        torch_spectrogram(torch.zeros(1, 100), config)

@@ -9,7 +9,7 @@ one kind by its first name under ``hearflow/``:
 
 - layers: errors, io, config, rng, metrics, objective, distributed, checkpoint,
   overlay, scoring, media/, data/, model/;
-- stages: prepare, train, evaluate, localize/;
+- stages: prepare, pack, train, evaluate, localize/;
 - the lab: synthetic/;
 - the command line: cli; the face: ``hearflow/__init__.py``.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "hearflow"
 LAYERS = {"errors", "io", "config", "rng", "metrics", "objective", "distributed", "checkpoint", "overlay",
           "scoring", "media", "data", "model"}
-STAGES = {"prepare", "train", "evaluate", "localize"}
+STAGES = {"prepare", "pack", "train", "evaluate", "localize"}
 LAB = {"synthetic"}
 ALLOWED = {  # kind -> kinds it may import
     "layer": {"layer"},

@@ -19,7 +19,9 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from hearflow.config import Config
+from hearflow.data.device_inputs import encoded_item, read_encoded
 from hearflow.data.prepared import PreparedFolder
+from hearflow.data.shards import PreparedShards, open_prepared
 from hearflow.data.transforms import sample_tensors
 from hearflow.errors import HearflowError, option
 
@@ -27,7 +29,7 @@ from hearflow.errors import HearflowError, option
 class PreparedDataset(Dataset):
     """Samples of a prepared folder (hearflow's or the released layout) as model inputs.
 
-    folder: a prepared folder (path or `PreparedFolder`); config: the run's Config
+    folder: a prepared folder or shards (a path, `PreparedFolder` or `PreparedShards`); config: the run's Config
     (its ``data`` section drives every transform); train: random crop + flip
     (else the test resize); ids: the samples to use, in order (default: all of the
     folder's). Ids the folder does not hold, and samples whose files are missing, are
@@ -35,7 +37,9 @@ class PreparedDataset(Dataset):
     ``self.skipped``.
 
     ``dataset[i]`` is ``{"image": 3 x S x S, "flow": 2 x S x S, "spectrogram":
-    1 x F x T (float32 tensors), "id": str}``.
+    1 x F x T (float32 tensors), "id": str}``; with ``encoded=True`` (training with
+    ``train.gpu_inputs``) it is `hearflow.data.device_inputs.encoded_item`'s bytes and
+    crop instead, which `device_inputs` turns into the same tensors on the device.
     """
 
     def __init__(
@@ -45,10 +49,17 @@ class PreparedDataset(Dataset):
         train: bool,
         ids: Iterable[str] | None = None,
         skip_missing: bool = False,
+        encoded: bool = False,
     ) -> None:
-        self.folder = folder if isinstance(folder, PreparedFolder) else PreparedFolder(folder)
+        self.folder = folder if isinstance(folder, (PreparedFolder, PreparedShards)) else open_prepared(folder)
         self.data_config = config.data
         self.train = train
+        self.encoded = encoded
+        if encoded and not train:
+            raise HearflowError("encoded items (train.gpu_inputs) are for training; evaluation uses the test transform")
+        if encoded and self.folder.layout == "released":
+            raise HearflowError(f"{self.folder.path} is in the released layout; train.gpu_inputs reads folders made "
+                                "by `hearflow prepare` and shards made by `hearflow pack`")
         self.seed = config.train.seed
         self.epoch = 0
         if self.folder.layout == "released" and self.data_config.flow_encoding == "signed":
@@ -91,8 +102,10 @@ class PreparedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample_id = self.ids[index]
-        sample = self.folder.read(sample_id)
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        if self.encoded:
+            return encoded_item(read_encoded(self.folder, sample_id), self.data_config, rng)
+        sample = self.folder.read(sample_id)
         tensors = sample_tensors(sample.frame, sample.flow, sample.audio, sample.sample_rate, self.data_config,
                                  train=self.train, rng=rng)
         return {**tensors, "id": sample_id}

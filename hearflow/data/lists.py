@@ -6,6 +6,7 @@ shard; `hearflow train --train-ids` selects samples).
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from pathlib import Path
@@ -98,12 +99,34 @@ def key_frame_from_one_based(index: int, n_frames: int) -> int:
     return max(0, n_frames - 2 if index >= n_frames else index - 1)
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+def parse_shard(text: str, environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N; ``"auto"`` -> this SLURM array task's place
+    (`slurm_array_shard`)."""
+    if (text or "").strip() == "auto":
+        return slurm_array_shard(os.environ if environ is None else environ)
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not match or not 0 <= int(match[1]) < int(match[2]):
         raise HearflowError(f"--shard expects I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
     return int(match[1]), int(match[2])
+
+
+def slurm_array_shard(environ) -> tuple[int, int]:
+    """(I, N) of a SLURM array job's task: N = ``SLURM_ARRAY_TASK_COUNT`` tasks, I = (
+    ``SLURM_ARRAY_TASK_ID`` - ``SLURM_ARRAY_TASK_MIN``) / ``SLURM_ARRAY_TASK_STEP`` (``sbatch
+    --array 0-7`` gives tasks 0..7 of 8; ``--array 1-15:2`` tasks 0..7 of 8 too)."""
+    try:
+        task, count = int(environ["SLURM_ARRAY_TASK_ID"]), int(environ["SLURM_ARRAY_TASK_COUNT"])
+        first, step = int(environ.get("SLURM_ARRAY_TASK_MIN", 0)), int(environ.get("SLURM_ARRAY_TASK_STEP", 1))
+    except KeyError:
+        raise HearflowError("--shard auto reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, which are not "
+                            "set: run it as a task of `sbatch --array`, or give --shard I/N") from None
+    except ValueError:
+        raise HearflowError("--shard auto: the SLURM_ARRAY_TASK_* variables are not integers") from None
+    index, remainder = divmod(task - first, max(step, 1))
+    if remainder or not 0 <= index < count:
+        raise HearflowError(f"--shard auto: task {task} is not one of {count} tasks from {first} in steps of {step} "
+                            "(use an evenly spaced --array range, or give --shard I/N)")
+    return index, count
 
 
 def shard_of(sample_id: str, count: int) -> int:

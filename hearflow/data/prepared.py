@@ -6,8 +6,12 @@ hearflow's layout::
     OUT/failures.csv     one row per input that could not be prepared (FAILURE_COLUMNS)
     OUT/prepare.json     the recipe (sample rate, window, flow method, size, pairs)
     OUT/frames/{id}.jpg  the key frame at the working size, JPEG quality 95
-    OUT/flow/{id}.npy    float16 H x W x 2 (dx, dy), the frame's H x W, signed pixels
+    OUT/flow/{id}.png    the flow (dx, dy) at the frame's H x W, signed pixels, quantised to
+                         1/32 pixel as a 16-bit PNG (`hearflow.data.codecs`: error <= 1/64 pixel)
     OUT/audio/{id}.wav   16-bit PCM mono, the audio window at the recipe's rate
+
+Folders of earlier versions hold ``OUT/flow/{id}.npy`` (float16 H x W x 2) instead of
+the PNG; they are read as they are (`sample_paths` finds whichever exists).
 
 A run with ``--shard I/N`` writes ``manifest.shard-I-of-N.csv`` and
 ``failures.shard-I-of-N.csv`` instead, so shards can share one folder; the reader
@@ -34,6 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hearflow.data.codecs import decode_flow, encode_flow
 from hearflow.errors import HearflowError
 from hearflow.io import write_atomic
 
@@ -73,11 +78,16 @@ class PreparedSample:
 
 
 def sample_paths(root: str | Path, sample_id: str) -> dict[str, Path]:
-    """The files of one sample in hearflow's layout."""
+    """The files of one sample in hearflow's layout; the flow is ``{id}.png``, or an earlier
+    version's ``{id}.npy`` when only that exists."""
     root = Path(root)
+    flow = root / "flow" / f"{sample_id}.png"
+    if not flow.is_file():
+        legacy = flow.with_suffix(".npy")
+        flow = legacy if legacy.is_file() else flow
     return {
         "frame": root / "frames" / f"{sample_id}.jpg",
-        "flow": root / "flow" / f"{sample_id}.npy",
+        "flow": flow,
         "audio": root / "audio" / f"{sample_id}.wav",
     }
 
@@ -112,12 +122,6 @@ def encode_jpeg(frame: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def encode_npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
     """Mono float audio in [-1, 1] -> 16-bit PCM WAV bytes (clipped, rounded)."""
     pcm = np.round(np.clip(np.asarray(audio, np.float64), -1.0, 1.0) * 32767).astype("<i2")
@@ -134,11 +138,11 @@ def write_sample(root: str | Path, sample_id: str, frame: np.ndarray, flow: np.n
     """Write one sample's three files atomically (its manifest row is the caller's last step)."""
     if frame.shape[:2] != flow.shape[:2]:
         raise HearflowError(f"{sample_id}: frame {frame.shape[:2]} and flow {flow.shape[:2]} differ in size")
-    paths = sample_paths(root, sample_id)
+    paths = {**sample_paths(root, sample_id), "flow": Path(root) / "flow" / f"{sample_id}.png"}
     for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(paths["frame"], encode_jpeg(frame))
-    write_atomic(paths["flow"], encode_npy(flow.astype(np.float16)))
+    write_atomic(paths["flow"], encode_flow(flow))
     write_atomic(paths["audio"], encode_wav(audio, sample_rate))
 
 
@@ -234,6 +238,16 @@ def _read_image(path: Path, sample_id: str, flags: int) -> np.ndarray:
     return image
 
 
+def read_flow(path: Path, sample_id: str) -> np.ndarray:
+    """Float32 H x W x 2 flow from a flow PNG (`hearflow.data.codecs`) or an earlier version's ``.npy``."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False).astype(np.float32)
+        return decode_flow(path.read_bytes())
+    except (OSError, ValueError, HearflowError) as error:
+        raise HearflowError(f"sample {sample_id!r}: {path} is not a readable flow file ({error})") from None
+
+
 class PreparedFolder:
     """A prepared folder in hearflow's layout or the released one (detected).
 
@@ -295,10 +309,7 @@ class PreparedFolder:
         if self.layout == "hearflow":
             if not paths["flow"].is_file():
                 raise HearflowError(f"sample {sample_id!r}: missing {paths['flow']}")
-            try:
-                flow = np.load(paths["flow"], allow_pickle=False).astype(np.float32)
-            except (OSError, ValueError) as error:
-                raise HearflowError(f"sample {sample_id!r}: {paths['flow']} is not a readable .npy ({error})") from None
+            flow = read_flow(paths["flow"], sample_id)
         else:
             flow_x = _read_image(paths["flow_x"], sample_id, cv2.IMREAD_GRAYSCALE)
             flow_y = _read_image(paths["flow_y"], sample_id, cv2.IMREAD_GRAYSCALE)

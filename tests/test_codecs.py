@@ -1,0 +1,149 @@
+"""hearflow.data.codecs: the quantised flow PNG (its error bound) and FLAC audio (lossless)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from PIL import Image
+
+from hearflow.data.codecs import (
+    FLOW_STEP,
+    decode_flac,
+    decode_flow,
+    decode_flow_levels,
+    encode_flac,
+    encode_flow,
+    read_flow_step,
+)
+from hearflow.data.prepared import PreparedFolder, read_wav
+from hearflow.data.transforms import image_flow_tensors
+from hearflow.errors import HearflowError
+from hearflow.prepare import prepare
+
+
+def _random_flow(rng, height=96, width=160, scale=6.0):
+    """Smooth motion plus noise, a few large vectors, and values exactly half-way between levels."""
+    flow = rng.normal(0, scale, (height, width, 2)).astype(np.float32)
+    flow = cv2.GaussianBlur(flow, (0, 0), 3) + rng.normal(0, 0.05, (height, width, 2)).astype(np.float32)
+    flow[0, :8, 0] = [1023.9, -1023.9, 500.3, -0.01, 0.0, FLOW_STEP / 2, -FLOW_STEP / 2, 3 * FLOW_STEP / 2]
+    return flow.astype(np.float32)
+
+
+def test_flow_round_trip_is_within_half_a_step():
+    rng = np.random.default_rng(0)
+    errors = []
+    for _ in range(5):
+        flow = _random_flow(rng)
+        data = encode_flow(flow)
+        decoded = decode_flow(data)
+        assert decoded.dtype == np.float32 and decoded.shape == flow.shape
+        assert read_flow_step(data) == FLOW_STEP == 1 / 32
+        errors.append(np.abs(decoded.astype(np.float64) - flow))
+    errors = np.concatenate([e.ravel() for e in errors])
+    assert errors.max() <= FLOW_STEP / 2  # the stated bound, 1/64 pixel
+    # Rounding to the nearest level: the mean error of a continuous field is a quarter step.
+    assert errors.mean() == pytest.approx(FLOW_STEP / 4, rel=0.05)
+    # Values on the grid are exact.
+    grid = (rng.integers(-30000, 30000, (20, 30, 2)) * FLOW_STEP).astype(np.float32)
+    np.testing.assert_array_equal(decode_flow(encode_flow(grid)), grid)
+
+
+def test_a_flow_too_large_for_16_bits_gets_a_coarser_recorded_step():
+    flow = np.zeros((8, 8, 2), np.float32)
+    flow[3, 4] = [5000.3, -2047.0]
+    data = encode_flow(flow)
+    step = read_flow_step(data)
+    assert step == 8 * FLOW_STEP  # 5000.3 / (1/4) < 32767.5 <= 5000.3 / (1/8)
+    assert np.abs(decode_flow(data) - flow).max() <= step / 2
+
+
+def test_the_flow_png_is_an_ordinary_16_bit_image():
+    flow = _random_flow(np.random.default_rng(1), 40, 50)
+    data = encode_flow(flow)
+    for image in (cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED),
+                  np.asarray(Image.open(io.BytesIO(data)))):
+        assert image.shape == (80, 50) and image.dtype in (np.uint16, np.int32)
+        top = (image[:40].astype(np.float64) - 32768) * FLOW_STEP
+        np.testing.assert_allclose(top, flow[..., 0], atol=FLOW_STEP / 2)
+    levels, step = decode_flow_levels(data)
+    assert levels.dtype == np.int16 and levels.shape == (2, 40, 50) and step == FLOW_STEP
+
+
+def test_bad_flows_and_bad_files_are_clear_errors():
+    with pytest.raises(HearflowError, match="NaN"):
+        encode_flow(np.full((4, 4, 2), np.nan, np.float32))
+    with pytest.raises(HearflowError, match="H x W x 2"):
+        encode_flow(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(HearflowError, match="not a PNG"):
+        decode_flow(b"\x93NUMPY...")
+    ok, plain = cv2.imencode(".png", np.zeros((4, 4), np.uint16))
+    with pytest.raises(HearflowError, match="hearflow-flow-step"):
+        decode_flow(plain.tobytes())
+
+
+def test_the_models_input_flow_is_within_the_bound(single_thread):
+    """Resizing averages with non-negative weights summing to one and scales by <= 1: the
+    quantisation error of the input the model sees stays within half a step."""
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 256, (256, 455, 3), dtype=np.uint8)
+    flow = _random_flow(rng, 256, 455)
+    decoded = decode_flow(encode_flow(flow))
+    data = small_config(**{"data.image_size": 224, "data.train_resize": 246}).data
+    for train in (False, True):
+        exact = image_flow_tensors(frame, flow, data, train, np.random.default_rng(5))[1]
+        quantised = image_flow_tensors(frame, decoded, data, train, np.random.default_rng(5))[1]
+        assert float((exact - quantised).abs().max()) <= FLOW_STEP / 2 + 1e-5
+
+
+def test_flac_is_lossless_and_reads_like_the_wav(tmp_path):
+    rng = np.random.default_rng(3)
+    pcm = np.clip(rng.normal(0, 8000, 48000), -32768, 32767).astype(np.int16)
+    pcm[:4] = [-32768, 32767, 0, -1]
+    data = encode_flac(pcm, 16000)
+    audio, rate = decode_flac(data)
+    (tmp_path / "a.wav").write_bytes(_wav_of(pcm))
+    reference, wav_rate = read_wav(tmp_path / "a.wav")
+    assert rate == wav_rate == 16000 and audio.dtype == np.float32
+    np.testing.assert_array_equal(audio * 32768, pcm)
+    np.testing.assert_array_equal(audio, reference)
+    assert len(data) < 2 * len(pcm)
+    with pytest.raises(HearflowError, match="FLAC"):
+        decode_flac(b"not flac")
+    with pytest.raises(HearflowError, match="int16"):
+        encode_flac(pcm.astype(np.float32), 16000)
+
+
+def _wav_of(pcm):
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(16000)
+        handle.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def test_folders_of_earlier_versions_with_npy_flow_are_read_and_resumed(synth_set, tmp_path):
+    """A folder whose flows are float16 .npy (before the PNG) reads as it is, and a rerun of
+    prepare into it keeps its finished samples."""
+    legacy = synth_set.copy_prepared(tmp_path / "legacy")
+    current = PreparedFolder(synth_set.prepared)
+    for sample_id in current.ids:
+        png = legacy / "flow" / f"{sample_id}.png"
+        np.save(png.with_suffix(".npy"), current.read(sample_id).flow.astype(np.float16))
+        png.unlink()
+    folder = PreparedFolder(legacy)
+    sample_id = folder.ids[3]
+    assert folder.paths(sample_id)["flow"].suffix == ".npy" and not folder.missing_files(sample_id)
+    np.testing.assert_allclose(folder.read(sample_id).flow, current.read(sample_id).flow, rtol=1e-3, atol=1e-4)
+    summary = prepare(synth_set.root / "videos", legacy, small_config().data, progress=False)
+    assert summary.already_done == len(current.ids) and summary.prepared == 0
+    assert not list((legacy / "flow").glob("*.png"))
+    shutil.rmtree(legacy)
