@@ -17,7 +17,7 @@ def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPar
 
 def test_commands_are_listed_in_pipeline_order():
     parser = build_parser()
-    assert list(_commands(parser)) == ["synth", "prepare", "train", "evaluate", "localize", "demo", "presets"]
+    assert list(_commands(parser)) == ["synth", "prepare", "pack", "train", "evaluate", "localize", "demo", "presets"]
     text = parser.format_help()
     positions = [text.index(f"    {name} ") for name in _commands(parser)]
     assert positions == sorted(positions)

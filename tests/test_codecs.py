@@ -8,7 +8,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 from PIL import Image
 
 from hearflow.data.codecs import (
@@ -86,7 +86,7 @@ def test_bad_flows_and_bad_files_are_clear_errors():
         decode_flow(plain.tobytes())
 
 
-def test_the_models_input_flow_is_within_the_bound(single_thread):
+def test_the_models_input_flow_is_within_the_bound():
     """Resizing averages with non-negative weights summing to one and scales by <= 1: the
     quantisation error of the input the model sees stays within half a step."""
     rng = np.random.default_rng(2)

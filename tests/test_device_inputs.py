@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 
 from hearflow.config import preset_config
 from hearflow.data.dataset import PreparedDataset
@@ -16,7 +16,6 @@ from hearflow.errors import HearflowError
 from hearflow.pack import pack
 from hearflow.train import train
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 ONE_LEVEL = 1 / 255 / float(IMAGENET_STD.min())  # one grey level, normalised
 
 

@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 
 from hearflow.checkpoint import save_checkpoint
 from hearflow.cli import main
@@ -22,7 +22,6 @@ from hearflow.evaluate import evaluate
 from hearflow.model import build_model
 from hearflow.pack import pack, parse_size
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 from torch.utils.data import DataLoader
 
 from hearflow.checkpoint import load_checkpoint
@@ -18,7 +18,6 @@ from hearflow.data.streaming import ShardStream, epoch_order, shuffle_buffer, st
 from hearflow.pack import pack
 from hearflow.train import train
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
