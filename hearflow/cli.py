@@ -244,6 +244,7 @@ def _add_evaluate(commands) -> None:
                         help="leave out (and count) samples whose prepared files are missing instead of stopping")
     parser.add_argument("--flow-fusion", type=float, metavar="ALPHA",
                         help="late fusion: scale maps by 1 + ALPHA * flow magnitude (default: the checkpoint's, 0)")
+    _backend_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
 
@@ -254,7 +255,8 @@ def _run_evaluate(args) -> int:
     evaluate(args.checkpoint, args.data, args.annotations, benchmark=args.benchmark, out=args.out,
              per_sample=args.per_sample, save_maps=args.save_maps, num_maps=args.num_maps,
              batch_size=args.batch_size, workers=args.workers, device=args.device,
-             skip_missing=args.skip_missing, flow_fusion=args.flow_fusion, progress=not args.quiet)
+             skip_missing=args.skip_missing, flow_fusion=args.flow_fusion, progress=not args.quiet,
+             backend=args.backend, precision=args.precision)
     return 0
 
 
@@ -265,9 +267,11 @@ def _add_localize(commands) -> None:
         description="For each VIDEO, localize the sound source at every frame (or every SECONDS, or at the "
         "key frame only) with a checkpoint and write OUT/{stem}.overlay.mp4 (the heatmap blended onto every "
         "frame, original size, frame rate and audio; H.264 + AAC), OUT/{stem}.json (per step: time_s, frame, "
-        "peak_xy, box, confidence, in video pixels) and, with --png, OUT/{stem}.steps/{frame}.png.",
+        "peak_xy, box, confidence, in video pixels) and, with --png, OUT/{stem}.steps/{frame}.png. Prints what "
+        "it wrote and the speed for each video.",
     )
-    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video file(s) with an audio track")
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video file(s) with an audio track, or folders "
+                        "of them (searched recursively, as prepare does)")
     parser.add_argument("--checkpoint", required=True, help="hearflow .pt or released .pth/.ckpt checkpoint")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     when = parser.add_mutually_exclusive_group()
@@ -287,6 +291,9 @@ def _add_localize(commands) -> None:
     parser.add_argument("--input-threads", type=int, metavar="N",
                         help="threads making the model inputs (flow, resizes, spectrogram) side by side; "
                         "default: all cores but one when the model runs on a GPU, 1 on the CPU")
+    _backend_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no summary lines (errors and "
+                        "warnings are still printed)")
     parser.set_defaults(run=_run_localize)
 
 
@@ -296,7 +303,45 @@ def _run_localize(args) -> int:
     localize_videos(args.videos, args.checkpoint, args.out, every=args.every, key_frame_only=args.key_frame,
                     video=not args.no_video, png=args.png, allow_silent=args.allow_silent,
                     batch_size=args.batch_size, device=args.device, flow_fusion=args.flow_fusion,
-                    input_threads=args.input_threads)
+                    input_threads=args.input_threads, backend=args.backend, precision=args.precision,
+                    quiet=args.quiet)
+    return 0
+
+
+def _backend_options(parser) -> None:
+    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                        help="what runs the model: torch, or onnx (ONNX Runtime, the optional extra "
+                        "hearflow[onnx]); auto (default): onnx on the CPU when installed, else torch")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16 runs the torch backend under autocast: faster on CPUs with AVX512-BF16 or "
+                        "AMX (float32 elsewhere, with a warning), heatmaps within 0.02 of float32 on the "
+                        "measured models (bench/README.md); default float32")
+
+
+def _add_export(commands) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="write a checkpoint's model as an ONNX file, for deployment",
+        description="Export the model of a hearflow or released checkpoint to ONNX (float32, any batch size): "
+        "inputs image B x 3 x S x S, flow B x 2 x S x S (absent for models without flow), spectrogram "
+        "B x 1 x F x T, made as hearflow.data.transforms.sample_tensors makes them; output similarity B x h x w. "
+        "The file's metadata holds the config (hearflow_config, JSON: the preprocessing) and the inference "
+        "options fixed in the graph (hearflow_inference). Needs the onnx package (pip install 'hearflow[onnx]').",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="hearflow .pt or released .pth/.ckpt checkpoint")
+    parser.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    parser.add_argument("--flow-fusion", type=float, metavar="ALPHA",
+                        help="late fusion fixed in the graph (default: the checkpoint's, 0)")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from hearflow.backends import export_checkpoint
+
+    summary = export_checkpoint(args.checkpoint, args.out, flow_fusion=args.flow_fusion)
+    inputs = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in summary["inputs"].items())
+    print(f"wrote {summary['path']} ({summary['bytes'] / 2**20:.1f} MiB): inputs {inputs} -> similarity "
+          f"{'x'.join(map(str, summary['similarity']))} per sample (flow fusion {summary['flow_fusion']:g})")
     return 0
 
 
@@ -337,6 +382,7 @@ COMMANDS = [  # in pipeline order
     _add_train,
     _add_evaluate,
     _add_localize,
+    _add_export,
     _add_demo,
     _add_presets,
 ]
@@ -352,12 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in COMMANDS:
         add(commands)
+    for command in commands.choices.values():  # an unknown option is reported with its command's usage
+        command.set_defaults(command_parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not hasattr(args, "run"):
         parser.print_help()
         return 2

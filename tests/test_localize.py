@@ -159,9 +159,9 @@ def test_steps_follow_the_object_through_a_video(tmp_path):
 def test_step_selection(tmp_path):
     path = write_video(tmp_path / "clip.mp4", n_frames=50, fps=FPS, size=(64, 48), audio=tone_track(2.0, 16000))
     localizer = Localizer(BrightSpotModel(), device="cpu", batch_size=4)
-    assert [s.frame for s in localizer.localize(path)] == list(range(49))  # all but the last frame
+    assert [s.frame for s in localizer.localize(path)] == list(range(50))  # every frame, the last one too
     assert [s.frame for s in localizer.localize(path, every=0.5)] == [0, 13, 25, 38]  # first frame at/after k x 0.5 s
-    assert [s.frame for s in localizer.localize(path, every=1 / FPS)] == list(range(49))
+    assert [s.frame for s in localizer.localize(path, every=1 / FPS)] == list(range(50))
     assert [s.frame for s in localizer.localize(path, key_frame_only=True)] == [25]
     with pytest.raises(HearflowError, match="either"):
         list(localizer.localize(path, every=1.0, key_frame_only=True))
@@ -362,7 +362,7 @@ def test_allow_silent_localizes_without_audio_and_warns(tmp_path, checkpoint, ca
     assert "no audio track" in capsys.readouterr().err
     frames, fps, _, codec, _ = read_video(out / "mute.overlay.mp4")
     assert len(frames) == 12 and codec is None
-    assert len(json.loads((out / "mute.json").read_text())["steps"]) == 11
+    assert len(json.loads((out / "mute.json").read_text())["steps"]) == 12
 
 
 def test_short_variable_rate_clip_with_other_audio_codec(tmp_path, checkpoint):
@@ -373,7 +373,7 @@ def test_short_variable_rate_clip_with_other_audio_codec(tmp_path, checkpoint):
     out = tmp_path / "out"
     assert main(["localize", str(path), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"]) == 0
     report = json.loads((out / "vfr.json").read_text())
-    assert [step["time_s"] for step in report["steps"]] == pytest.approx(times[:-1], abs=1e-3)
+    assert [step["time_s"] for step in report["steps"]] == pytest.approx(times, abs=1e-3)
     frames, _, duration, codec, audio = read_video(out / "vfr.overlay.mp4")
     assert len(frames) == len(times) and codec == "aac"
     assert len(audio) / 22050 == pytest.approx(0.8, abs=0.1)

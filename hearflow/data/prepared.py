@@ -309,3 +309,18 @@ class PreparedFolder:
             raise HearflowError(f"sample {sample_id!r}: missing {paths['audio']}")
         audio, sample_rate = read_wav(paths["audio"])
         return PreparedSample(sample_id, frame, flow, audio, sample_rate)
+
+
+SYNTH_RECORD = "synth.json"  # what `hearflow synth` writes beside its videos/ folder
+
+
+def training_data(folder: PreparedFolder) -> dict:
+    """What a model trained on ``folder`` was trained on, as checkpoints record it.
+
+    ``{"train": folder, "synthetic": bool}``: synthetic when every sample's video lies in
+    the ``videos/`` folder of a `hearflow synth` output (which holds ``synth.json``);
+    False means "not known to be synthetic" (the released layout records no videos).
+    """
+    folders = {Path(row["video"]).parent for row in folder.rows.values() if row.get("video")}
+    synthetic = bool(folders) and all((videos.parent / SYNTH_RECORD).is_file() for videos in folders)
+    return {"train": str(folder.path), "synthetic": synthetic}
