@@ -130,6 +130,17 @@ def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
     return buffer.getvalue()
 
 
+def as_stored(frame: np.ndarray, flow: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame, flow, audio) as `write_sample` stores them and `PreparedFolder.read` gives them
+    back: the frame through JPEG at JPEG_QUALITY, the flow through float16, the audio
+    through 16-bit PCM. What a model sees of a video at training and evaluation, so
+    `hearflow localize` feeds it the same."""
+    stored = cv2.imdecode(np.frombuffer(encode_jpeg(frame), np.uint8), cv2.IMREAD_COLOR)
+    pcm = np.round(np.clip(np.asarray(audio, np.float64), -1.0, 1.0) * 32767).astype(np.int16)
+    return (cv2.cvtColor(stored, cv2.COLOR_BGR2RGB), np.asarray(flow).astype(np.float16).astype(np.float32),
+            pcm.astype(np.float32) / np.float32(-np.iinfo(np.int16).min))
+
+
 def write_sample(root: str | Path, sample_id: str, frame: np.ndarray, flow: np.ndarray, audio: np.ndarray, sample_rate: int) -> None:
     """Write one sample's three files atomically (its manifest row is the caller's last step)."""
     if frame.shape[:2] != flow.shape[:2]:

@@ -18,6 +18,7 @@ import torch
 
 from hearflow.backends import make_backend
 from hearflow.config import InferenceOptions
+from hearflow.data.prepared import as_stored
 from hearflow.data.transforms import audio_window_length, sample_tensors
 from hearflow.distributed import resolve_device
 from hearflow.errors import HearflowError
@@ -103,7 +104,8 @@ class Localizer:
         frames: consecutive RGB uint8 frames whose pairs' flows are averaged (two for
         the paper's single pair); key: the index in `frames` of the step's frame;
         audio: mono float32 at ``sample_rate`` Hz (default ``data.sample_rate``), fitted
-        to the model's window (`hearflow.data.transforms.fit_audio`).
+        to the model's window (`hearflow.data.transforms.fit_audio`). Frame, flow and audio
+        go through prepare's storage (`hearflow.data.prepared.as_stored`) first.
         """
         data = self.config.data
         if self.uses_flow:
@@ -111,6 +113,7 @@ class Localizer:
         else:
             frame = resize_frame(frames[key], data.flow_size or None)
             flow = np.zeros(frame.shape[:2] + (2,), np.float32)
+        frame, flow, audio = as_stored(frame, flow, audio)  # what training and evaluation read
         tensors = sample_tensors(frame, flow, audio, sample_rate or data.sample_rate, data, train=False)
         return tensors["image"], tensors["flow"], tensors["spectrogram"]
 
