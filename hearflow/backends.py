@@ -155,6 +155,9 @@ class OnnxBackend:
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
+        # Idle pool threads sleep instead of spinning: the cores are shared with the threads
+        # making the inputs and writing the overlay (bench/README.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         graph = export_onnx(model, flow_fusion if uses_flow else 0.0)
         self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.names = [entry.name for entry in self.session.get_inputs()]

@@ -11,6 +11,7 @@ builds its config the same way (`hearflow.config.resolve`: preset < --config <
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from hearflow import __version__
@@ -298,6 +299,10 @@ def _add_localize(commands) -> None:
 
 
 def _run_localize(args) -> int:
+    # torch's OpenMP threads sleep between operators instead of spinning: the cores are shared
+    # with the threads making inputs and writing the overlay (read when torch is first imported,
+    # which is below; bench/README.md measures it)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from hearflow.localize import localize_videos
 
     localize_videos(args.videos, args.checkpoint, args.out, every=args.every, key_frame_only=args.key_frame,

@@ -44,9 +44,10 @@ def steps_json(path: Path, header: dict) -> Iterator[_StepsJson]:
         handle.write("\n ]\n}\n")
 
 
-# x264's speed preset for overlay videos: a heatmap preview, where veryfast's extra
-# compression costs more time than the file size is worth (bench/README.md).
-OVERLAY_PRESET = "superfast"
+# x264 for overlay videos: one thread (less CPU per frame than x264's own threads, which
+# compete with the model for the cores, and the same bytes on every run), veryfast
+# (superfast and ultrafast save 0.5-1.4 CPU ms a 640 x 360 frame for files 3-4x larger).
+OVERLAY_THREADS = 1
 
 
 def outputs(out_dir: str | Path, video_path: str | Path) -> dict[str, Path]:
@@ -115,7 +116,7 @@ def localize_video(
         writer = None
         if video:  # video-only first, then the original audio is muxed in (streamed, not re-encoded when AAC)
             writer = VideoWriter(silent_overlay if info.has_audio else paths["overlay"], info.fps,
-                                 preset=OVERLAY_PRESET)
+                                 threads=OVERLAY_THREADS)
             cleanup.push(lambda failed, *_: writer.abort() if failed else None)
         keep_frames = video or png
         bar = cleanup.enter_context(tqdm(total=info.n_frames if keep_frames or not key_frame_only else None,
