@@ -533,3 +533,20 @@ def test_checkpoints_record_whether_their_training_clips_were_synthetic(prepared
         assert trained_on_synthetic(load_checkpoint(path)) is expected
     torch.save({"model": build_model("htf-released").state_dict()}, tmp_path / "released.pth")
     assert trained_on_synthetic(load_checkpoint(tmp_path / "released.pth")) is False
+
+
+def test_float16_conversions_are_numpys_bit_for_bit():
+    from hearflow.data.prepared import float16_round_trip, to_float16
+
+    rng = np.random.default_rng(0)
+    scales = (1e-9, 3e-8, 1e-7, 1e-6, 1e-5, 6e-5, 1e-3, 1.0, 1e3, 6e4, 1e5)
+    values = np.concatenate([rng.standard_normal(20_007).astype(np.float32) * np.float32(s) for s in scales] + [
+        np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 2.0**-25, 3 * 2.0**-25, -(2.0**-25), 2.0**-14,
+                  np.nextafter(np.float32(2.0**-14), np.float32(0)), 65504, 65520, -65519], np.float32)])
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16)
+    fast = to_float16(values.reshape(-1, 13, 1))
+    assert fast.dtype == np.float16 and fast.shape == (len(values) // 13, 13, 1)
+    assert np.array_equal(fast.ravel().view(np.uint16), expected.view(np.uint16))
+    with np.errstate(over="ignore"):
+        assert np.array_equal(float16_round_trip(values).view(np.uint32), expected.astype(np.float32).view(np.uint32))

@@ -130,6 +130,34 @@ def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
     return buffer.getvalue()
 
 
+FLOAT16_SMALLEST_NORMAL = np.float32(2.0**-14)  # below it, float16 holds multiples of 2**-24 (subnormals)
+
+
+def to_float16(values: np.ndarray) -> np.ndarray:
+    """``values.astype(np.float16)``, bit for bit, at the speed of the normal range.
+
+    numpy converts results below float16's normal range (|x| < 2**-14, half of the
+    values of a typical flow field) about 25x slower than the others; those are
+    multiples of 2**-24, so their bits are the count of such steps, rounded to nearest
+    even (1024 is the smallest normal's bit pattern), with the sign bit.
+    """
+    values = np.asarray(values, np.float32)
+    small = np.abs(values) < FLOAT16_SMALLEST_NORMAL
+    out = np.where(small, np.float32(0), values).astype(np.float16)
+    steps = np.rint(np.abs(values[small]) * np.float32(2.0**24)).astype(np.uint16)
+    out.view(np.uint16)[small] = steps | (np.signbit(values[small]).astype(np.uint16) << np.uint16(15))
+    return out
+
+
+def float16_round_trip(values: np.ndarray) -> np.ndarray:
+    """``values.astype(np.float16).astype(np.float32)``, bit for bit, without numpy's slow paths (`to_float16`)."""
+    values = np.asarray(values, np.float32)
+    small = np.abs(values) < FLOAT16_SMALLEST_NORMAL
+    out = np.where(small, np.float32(0), values).astype(np.float16).astype(np.float32)
+    out[small] = np.rint(values[small] * np.float32(2.0**24)) * np.float32(2.0**-24)
+    return out
+
+
 def as_stored(frame: np.ndarray, flow: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(frame, flow, audio) as `write_sample` stores them and `PreparedFolder.read` gives them
     back: the frame through JPEG at JPEG_QUALITY, the flow through float16, the audio
@@ -137,7 +165,7 @@ def as_stored(frame: np.ndarray, flow: np.ndarray, audio: np.ndarray) -> tuple[n
     `hearflow localize` feeds it the same."""
     stored = cv2.imdecode(np.frombuffer(encode_jpeg(frame), np.uint8), cv2.IMREAD_COLOR)
     pcm = np.round(np.clip(np.asarray(audio, np.float64), -1.0, 1.0) * 32767).astype(np.int16)
-    return (cv2.cvtColor(stored, cv2.COLOR_BGR2RGB), np.asarray(flow).astype(np.float16).astype(np.float32),
+    return (cv2.cvtColor(stored, cv2.COLOR_BGR2RGB), float16_round_trip(flow),
             pcm.astype(np.float32) / np.float32(-np.iinfo(np.int16).min))
 
 
@@ -149,7 +177,7 @@ def write_sample(root: str | Path, sample_id: str, frame: np.ndarray, flow: np.n
     for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(paths["frame"], encode_jpeg(frame))
-    write_atomic(paths["flow"], encode_npy(flow.astype(np.float16)))
+    write_atomic(paths["flow"], encode_npy(to_float16(flow)))
     write_atomic(paths["audio"], encode_wav(audio, sample_rate))
 
 
