@@ -13,7 +13,7 @@
    range of its frames/s (wall clock, start-up included) and its ratio to the reference's median
    on the same clip and flow. The start-up alone (`--key-frame --no-video`) is timed once each.
 3. The model's forward alone per backend on pre-made inputs (batch 16), frames/s.
-4. Where the time goes: each part of a step timed alone on the 640 x 360 clip (CPU ms per frame).
+4. Where the time goes: each part of a step timed alone on each clip (wall ms per frame).
 5. Peak resident memory (VmHWM) of the default command with `--every 0.5` on the 640 x 360 clip
    and on a `--long-seconds` (300) clip, each in its own subprocess.
 
@@ -112,7 +112,7 @@ def model_alone(model: torch.nn.Module, steps: int, batch_size: int = 16) -> dic
 
 
 def parts(clip: Path, model: torch.nn.Module, steps: int) -> dict[str, float]:
-    """CPU milliseconds per frame of each non-model part of a step, each timed alone on the clip."""
+    """Milliseconds per frame (wall clock) of each non-model part of a step, each timed alone on the clip."""
     from hearflow.data.prepared import as_stored
     from hearflow.data.transforms import fit_audio, image_flow_tensors, spectrogram
     from hearflow.localize import Localizer, make_step
@@ -128,9 +128,9 @@ def parts(clip: Path, model: torch.nn.Module, steps: int) -> dict[str, float]:
     times: dict[str, float] = {}
 
     def timed(name, function, *arguments):
-        start = time.process_time()
+        start = time.perf_counter()
         result = function(*arguments)
-        times[name] = times.get(name, 0.0) + time.process_time() - start
+        times[name] = times.get(name, 0.0) + time.perf_counter() - start
         return result
 
     with tempfile.TemporaryDirectory() as folder, VideoFile(clip, keep_packets=False) as source, \
@@ -207,9 +207,11 @@ def main() -> None:
         for name, rate in model_alone(model, 160).items():
             print(f"  {name:28s} {rate:6.2f}")
 
-        print("where the rest goes: each part alone on the 640 x 360 clip, CPU ms per frame:", flush=True)
-        for name, ms in parts(clips["640x360"][0], model, min(clips["640x360"][1] - 1, 300)).items():
-            print(f"  {name:48s} {ms:6.2f}")
+        print("where the rest goes: each part alone, ms per frame:", flush=True)
+        split = {clip: parts(path, model, min(frames - 1, 300)) for clip, (path, frames) in clips.items()}
+        print(f"  {'':48s}" + "".join(f"{clip:>10s}" for clip in split))
+        for name in next(iter(split.values())):
+            print(f"  {name:48s}" + "".join(f"{split[clip][name]:10.2f}" for clip in split))
 
         long_clip = make_clip(folder / "long", args.long_seconds, 640, 360)
         _, short_peak = run_localize(trees["here"], clips["640x360"][0], checkpoints["farneback"], folder / "m1", [], "0.5")
