@@ -10,7 +10,10 @@ and each test clip with a sounding object, on the map evaluation gives its prepa
   storage round trip (`hearflow.data.prepared.as_stored`): the largest heatmap difference to
   evaluation's and the heatmap peak's hit rate;
 - the box (`hearflow.localize.region_box` around the peak) at levels 0.5 .. 0.9: mean IoU
-  with the sounding object's box and mean share of the frame.
+  with the sounding object's box and mean share of the frame;
+- each backend (`hearflow.backends`) against evaluation's eager float32 maps: the share of
+  clips whose peak cell is the same, and the largest heatmap difference (issue 19's bound:
+  >= 99 % and <= 0.02).
 
     python3 bench/localize_peaks.py --demo hearflow-demo     # after `hearflow demo --quick --out hearflow-demo`
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hearflow.backends import make_backend, onnx_available
 from hearflow.checkpoint import load
 from hearflow.data.annotations import load_annotations
 from hearflow.data.dataset import PreparedDataset
@@ -34,6 +38,7 @@ from hearflow.metrics import heatmap
 from hearflow.scoring import predict
 
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)
+DEMO_FRAME = 128  # the demo's clips are 128 x 128: the backends' heatmaps are compared at that size
 
 
 def inside(point, box, width, height) -> bool:
@@ -93,8 +98,25 @@ def measure(checkpoint: Path, demo: Path) -> dict[str, float]:
             values[f"box at {level}: share of the frame"] = (pixels[2] - pixels[0]) * (pixels[3] - pixels[1]) / (width * height)
         for name, value in values.items():
             rows.setdefault(name, []).append(float(value))
+    backend_rows(model, ids, dataset, evaluated.similarity, rows, DEMO_FRAME)
     return {"clips": len(evaluated.ids), **{name: float(np.mean(v) if "max" not in name else np.max(v))
-                                            for name, v in rows.items()}}
+                                            for name, v in rows.items()}}  # "max" rows: the largest
+
+
+def backend_rows(model, ids, dataset, reference: np.ndarray, rows: dict, size: int) -> None:
+    """Rows comparing each backend's maps with the eager float32 ones (`reference`) at size x size."""
+    samples = [dataset[dataset.ids.index(sample_id)] for sample_id in ids]
+    batch = [torch.stack([sample[key] for sample in samples]) for key in ("image", "flow", "spectrogram")]
+    choices = [("torch", "float32"), ("torch", "bfloat16")] + ([("onnx", "float32")] if onnx_available() else [])
+    for name, precision in choices:
+        maps = make_backend(name, model, torch.device("cpu"), precision=precision).maps(*batch).numpy()
+        label = f"backend {name} {precision}"
+        for ours, theirs in zip(maps, reference):
+            rows.setdefault(f"{label}: peak cell identical", []).append(
+                map_peak(ours, size, size) == map_peak(theirs, size, size))
+            rows.setdefault(f"{label}: max |heatmap difference|", []).append(
+                np.abs(heatmap(ours, size, size) - heatmap(theirs, size, size)).max())
+        model.to(memory_format=torch.contiguous_format)
 
 
 def main() -> None:
@@ -107,7 +129,7 @@ def main() -> None:
     names = list(next(iter(results.values())))
     print(f"{'':52s}" + "".join(f"{name:>10s}" for name in results))
     for name in names:
-        print(f"{name:52s}" + "".join(f"{results[run][name]:10.3f}" for run in results))
+        print(f"{name:52s}" + "".join(f"{results[run][name]:10.3g}" for run in results))
 
 
 if __name__ == "__main__":
