@@ -96,7 +96,24 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> HTF:
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HTF, InferenceOptions]:
     """(the model, in eval mode, and the checkpoint's recorded inference options)."""
-    checkpoint = load_checkpoint(path, map_location)
+    return model_from_checkpoint(load_checkpoint(path, map_location), path, map_location)
+
+
+def trained_on_synthetic(checkpoint: dict[str, Any]) -> bool:
+    """Whether a raw checkpoint (`load_checkpoint`) says its model saw only synthetic clips.
+
+    `hearflow train` records ``training_data`` (`hearflow.data.prepared.training_data`);
+    released checkpoints were trained on VGG-Sound or Flickr SoundNet; a hearflow
+    checkpoint of an earlier version records nothing (False: not known).
+    """
+    record = checkpoint.get("training_data") if checkpoint.get("format") == FORMAT else None
+    return isinstance(record, dict) and record.get("synthetic") is True
+
+
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[HTF, InferenceOptions]:
+    """`load_model` of a checkpoint dict already read from ``path`` (named in errors)."""
     options = InferenceOptions()
     if checkpoint.get("format") == FORMAT:
         try:

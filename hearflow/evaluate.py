@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from hearflow import distributed
+from hearflow.backends import make_backend
 from hearflow.checkpoint import load_model
 from hearflow.data.annotations import Annotations
 from hearflow.data.dataset import PreparedDataset
@@ -42,6 +43,8 @@ def evaluate(
     skip_missing: bool = False,
     flow_fusion: float | None = None,
     progress: bool = True,
+    backend: str = "auto",
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Score ``checkpoint`` (hearflow's or a released one) on a prepared, annotated test set.
 
@@ -50,7 +53,8 @@ def evaluate(
     the set has no-source samples), the inference options used and the counts of
     samples left out. per_sample: a CSV ``id,ciou,confidence``; save_maps: a folder for
     heatmap overlays of the ``num_maps`` best and worst samples; flow_fusion: late
-    fusion with the flow magnitude (None: the checkpoint's recorded default, 0).
+    fusion with the flow magnitude (None: the checkpoint's recorded default, 0);
+    backend, precision: what runs the model (`hearflow.backends.make_backend`).
     """
     if batch_size < 1 or num_maps < 0 or workers < 0:
         raise HearflowError(f"{option('--batch-size', 'batch_size')} must be positive, "
@@ -61,13 +65,16 @@ def evaluate(
     options = recorded.with_arguments(flow_fusion=flow_fusion)
     annotated = AnnotatedSet(data, annotations, model.config, benchmark=benchmark, skip_missing=skip_missing)
     context = distributed.Distributed(device=torch_device)
-    predictions = annotated.predict(model, context, batch_size, workers, options.flow_fusion, progress)
+    runner = make_backend(backend, model, torch_device, options.flow_fusion, precision)
+    predictions = annotated.predict(runner, context, batch_size, workers, options.flow_fusion, progress)
     cious, results = annotated.score(predictions)
     results.update(
         benchmark=annotated.annotations.benchmark,
         checkpoint=str(checkpoint),
         data=str(data),
         flow_fusion=options.flow_fusion,
+        backend=runner.name,
+        precision=getattr(runner, "precision", "float32"),
         annotated_without_sample=len(annotated.matching.annotated_without_sample),
         samples_without_annotation=len(annotated.matching.samples_without_annotation),
         skipped_missing_files=len(annotated.dataset.skipped),

@@ -86,9 +86,13 @@ def predict(
 ) -> Predictions:
     """Run ``model`` in eval mode over ``dataset`` (items as `PreparedDataset` gives them).
 
+    model: an HTF module, or a backend of `hearflow.backends` (whose ``maps`` runs each
+    batch with the inference options it was made with; ``flow_fusion`` is then unused).
     flow_fusion: late fusion (an inference option of `hearflow.model.HTF.similarity`).
     """
-    model.eval()
+    backend = model if hasattr(model, "maps") else None
+    if backend is None:
+        model.eval()
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -99,6 +103,10 @@ def predict(
     ids, maps = [], []
     with torch.inference_mode():
         for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+            if backend is not None:
+                maps.append(backend.maps(batch["image"], batch["flow"], batch["spectrogram"]))
+                ids.extend(batch["id"])
+                continue
             inputs = [batch[key].to(device, non_blocking=True) for key in ("image", "flow", "spectrogram")]
             output = model(*inputs, flow_fusion=flow_fusion)
             maps.append(output.similarity.float().cpu())

@@ -46,6 +46,7 @@ from hearflow.checkpoint import load_checkpoint, load_state, save_checkpoint
 from hearflow.config import Config, differences, machine_workers
 from hearflow.data.loading import TrainingData
 from hearflow.data.lists import read_ids
+from hearflow.data.prepared import training_data
 from hearflow.errors import HearflowError, Problems, option
 from hearflow.io import csv_text, write_text
 from hearflow.model import HTF, build_model
@@ -418,7 +419,8 @@ def _save_checkpoints(trainer: Trainer, row: dict[str, Any]) -> None:
     """``best.pt`` (weights and where they come from) when the epoch is the best, then ``last.pt``."""
     state = trainer.state
     summary = {"epoch": state.epoch, "global_step": state.global_step, "best": state.best,
-               "run": asdict(trainer.paths), "metrics": {key: row.get(key) for key in METRICS_COLUMNS}}
+               "run": asdict(trainer.paths), "metrics": {key: row.get(key) for key in METRICS_COLUMNS},
+               "training_data": training_data(trainer.train_data.dataset.folder)}
     if row["is_best"]:
         save_checkpoint(trainer.run_dir / "best.pt", trainer.model, **summary)
     save_checkpoint(trainer.run_dir / "last.pt", trainer.model, optimizer=trainer.optimizer.state_dict(),

@@ -17,7 +17,12 @@ def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPar
 
 def test_commands_are_listed_in_pipeline_order():
     parser = build_parser()
-    assert list(_commands(parser)) == ["synth", "prepare", "pack", "train", "evaluate", "localize", "demo", "presets"]
+    pipeline = ["synth", "prepare", "pack", "train", "calibrate", "evaluate", "localize", "export", "push", "serve",
+                "demo", "presets"]
+    listed = list(_commands(parser))
+    assert set(listed) <= set(pipeline), set(listed) - set(pipeline)  # a new command: place it in the pipeline
+    assert {"synth", "prepare", "train", "evaluate", "localize", "demo", "presets"} <= set(listed)
+    assert listed == sorted(listed, key=pipeline.index)
     text = parser.format_help()
     positions = [text.index(f"    {name} ") for name in _commands(parser)]
     assert positions == sorted(positions)

@@ -27,7 +27,7 @@ from hearflow import build_model
 from hearflow.checkpoint import save_checkpoint
 from hearflow.cli import main
 from hearflow.errors import HearflowError
-from hearflow.localize import BOX_THRESHOLD, Localizer, localize_video, peak_and_box
+from hearflow.localize import BOX_THRESHOLD, Localizer, localize_video, make_step, map_peak, peak_and_box, region_box
 from hearflow.metrics import heatmap as metric_heatmap
 from hearflow.synthetic.clips import synthesize
 from hearflow.synthetic.presets import demo_config
@@ -159,9 +159,9 @@ def test_steps_follow_the_object_through_a_video(tmp_path):
 def test_step_selection(tmp_path):
     path = write_video(tmp_path / "clip.mp4", n_frames=50, fps=FPS, size=(64, 48), audio=tone_track(2.0, 16000))
     localizer = Localizer(BrightSpotModel(), device="cpu", batch_size=4)
-    assert [s.frame for s in localizer.localize(path)] == list(range(49))  # all but the last frame
+    assert [s.frame for s in localizer.localize(path)] == list(range(50))  # every frame, the last one too
     assert [s.frame for s in localizer.localize(path, every=0.5)] == [0, 13, 25, 38]  # first frame at/after k x 0.5 s
-    assert [s.frame for s in localizer.localize(path, every=1 / FPS)] == list(range(49))
+    assert [s.frame for s in localizer.localize(path, every=1 / FPS)] == list(range(50))
     assert [s.frame for s in localizer.localize(path, key_frame_only=True)] == [25]
     with pytest.raises(HearflowError, match="either"):
         list(localizer.localize(path, every=1.0, key_frame_only=True))
@@ -362,7 +362,7 @@ def test_allow_silent_localizes_without_audio_and_warns(tmp_path, checkpoint, ca
     assert "no audio track" in capsys.readouterr().err
     frames, fps, _, codec, _ = read_video(out / "mute.overlay.mp4")
     assert len(frames) == 12 and codec is None
-    assert len(json.loads((out / "mute.json").read_text())["steps"]) == 11
+    assert len(json.loads((out / "mute.json").read_text())["steps"]) == 12
 
 
 def test_short_variable_rate_clip_with_other_audio_codec(tmp_path, checkpoint):
@@ -373,7 +373,7 @@ def test_short_variable_rate_clip_with_other_audio_codec(tmp_path, checkpoint):
     out = tmp_path / "out"
     assert main(["localize", str(path), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"]) == 0
     report = json.loads((out / "vfr.json").read_text())
-    assert [step["time_s"] for step in report["steps"]] == pytest.approx(times[:-1], abs=1e-3)
+    assert [step["time_s"] for step in report["steps"]] == pytest.approx(times, abs=1e-3)
     frames, _, duration, codec, audio = read_video(out / "vfr.overlay.mp4")
     assert len(frames) == len(times) and codec == "aac"
     assert len(audio) / 22050 == pytest.approx(0.8, abs=0.1)
@@ -415,3 +415,132 @@ def test_peak_memory_is_flat_between_a_10_s_and_a_2_min_clip(tmp_path, checkpoin
         assert len(frames) == n_frames
         assert len(json.loads((out / f"clip{seconds}.json").read_text())["steps"]) == seconds * 2
     assert peaks[120] < peaks[10] * 1.02 + 4, peaks
+
+
+# --- the step is evaluation's, the peak is the map's, the box is documented -------------
+
+
+def test_map_peak_is_the_centre_of_the_highest_cell():
+    similarity = np.zeros((8, 8), np.float32)
+    similarity[2, 5] = 1.0  # row 2, column 5 of an 8 x 8 map on a 320 x 180 frame: cells 40 x 22.5 px
+    step = make_step(similarity, 320, 180, None, None)
+    assert step.peak_xy == (220, 56)  # (floor(5.5 * 40), floor(2.5 * 22.5))
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # on random maps: inside the argmax cell, the box holds it and lies at level >= 0.6
+        similarity = rng.standard_normal((7, 5)).astype(np.float32)
+        step = make_step(similarity, 101, 67, None, None)
+        row, column = np.unravel_index(np.argmax(similarity), similarity.shape)
+        x, y = step.peak_xy
+        assert column * 101 / 5 <= x < (column + 1) * 101 / 5 and row * 67 / 7 <= y < (row + 1) * 67 / 7
+        assert step.peak_xy == map_peak(similarity, 101, 67)
+        assert inside(step.peak_xy, step.box)
+        assert step.box == region_box(step.heatmap, step.peak_xy)
+        assert step.heatmap[y, x] >= BOX_THRESHOLD  # the highest cell's centre is hot
+
+
+def test_region_box_is_the_flood_fill_from_the_seed():
+    rng = np.random.default_rng(1)
+    for seed in range(8):
+        heatmap = metric_heatmap(rng.standard_normal((5, 6)).astype(np.float32), 37, 29)
+        y, x = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+        assert region_box(heatmap, (int(x), int(y))) == slow_peak_and_box(heatmap, BOX_THRESHOLD)[1]
+
+
+@pytest.fixture(scope="module")
+def prepared_clip(tmp_path_factory, clip):
+    from hearflow.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    config = demo_config("cpu-small")
+    prepare(clip.parent, out, config.data, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("prior", ["spatial", "none"])
+def test_the_key_frame_step_has_evaluations_map(prepared_clip, clip, prior):
+    """The same video through `hearflow prepare` + evaluation's predict, and through localize --key-frame."""
+    from hearflow.data.dataset import PreparedDataset
+    from hearflow.scoring import predict
+
+    torch.manual_seed(0)
+    model = build_model(config=demo_config("cpu-small"), width=8, prior=prior).eval()
+    dataset = PreparedDataset(prepared_clip, model.config, train=False)
+    evaluated = predict(model, dataset, 1, torch.device("cpu"), progress=False).similarity[0]
+    (step,) = Localizer(model, device="cpu", backend="torch").localize(clip, key_frame_only=True)
+    np.testing.assert_allclose(step.similarity, evaluated, rtol=0, atol=2e-6)  # channels-last vs contiguous
+    assert step.peak_xy == map_peak(evaluated, 128, 96)
+
+
+# --- what the command says -------------------------------------------------------------
+
+
+def test_cli_says_what_it_wrote_and_how_fast_and_quiet_says_nothing(tmp_path, checkpoint, clip, capsys):
+    folder = tmp_path / "videos" / "deeper"
+    folder.mkdir(parents=True)
+    (folder / "a.mp4").write_bytes(clip.read_bytes())
+    (folder.parent / "b.mp4").write_bytes(clip.read_bytes())
+    (folder / "notes.txt").write_text("not a video\n")
+    out = tmp_path / "out"
+    assert main(["localize", str(tmp_path / "videos"), "--checkpoint", str(checkpoint), "--out", str(out),
+                 "--every", "0.5", "--no-video", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    for line, name in zip(lines, ("b", "a")):  # find_videos order: sorted paths
+        assert line.startswith(str(tmp_path / "videos")) and f"{name}.mp4: 4 steps, 50 frames in " in line
+        assert "frames/s) -> " in line and line.endswith(str(out / f"{name}.json"))
+    assert main(["localize", str(folder / "a.mp4"), "--checkpoint", str(checkpoint), "--out", str(out),
+                 "--key-frame", "--quiet", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_a_bad_flag_prints_localizes_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["localize", "clip.mp4", "--checkpoint", "c.pt", "--out", "o", "--evry", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: hearflow localize" in err and "unrecognized arguments: --evry 1" in err
+
+
+def test_a_synthetic_only_checkpoint_is_named_once(tmp_path, clip, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "synthetic.pt"
+    save_checkpoint(path, build_model(config=demo_config("cpu-small"), width=8),
+                    training_data={"train": "prepared/train", "synthetic": True})
+    out = tmp_path / "out"
+    assert main(["localize", str(clip), str(clip.with_name("missing.mp4")), "--checkpoint", str(path), "--out",
+                 str(out), "--key-frame", "--no-video", "--quiet", "--device", "cpu"]) == 1
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hearflow: note:")]
+    assert len(notes) == 1 and "synthetic clips only" in notes[0] and str(path) in notes[0]
+
+
+def test_checkpoints_record_whether_their_training_clips_were_synthetic(prepared_clip, clip, tmp_path):
+    from hearflow.checkpoint import load_checkpoint, trained_on_synthetic
+    from hearflow.data.prepared import PreparedFolder, training_data
+    from hearflow.prepare import prepare
+
+    assert training_data(PreparedFolder(prepared_clip)) == {"train": str(prepared_clip), "synthetic": True}
+    videos = tmp_path / "mine"
+    videos.mkdir()
+    (videos / "own.mp4").write_bytes(clip.read_bytes())  # the same pixels, but not in a `hearflow synth` folder
+    prepare(videos, tmp_path / "prepared", demo_config("cpu-small").data, progress=False)
+    assert training_data(PreparedFolder(tmp_path / "prepared"))["synthetic"] is False
+    torch.manual_seed(0)
+    model = build_model(config=demo_config("cpu-small"), width=8)
+    for record, expected in (({"synthetic": True}, True), ({"synthetic": False}, False), (None, False)):
+        path = tmp_path / "model.pt"
+        save_checkpoint(path, model, **({} if record is None else {"training_data": record}))
+        assert trained_on_synthetic(load_checkpoint(path)) is expected
+    torch.save({"model": build_model("htf-released").state_dict()}, tmp_path / "released.pth")
+    assert trained_on_synthetic(load_checkpoint(tmp_path / "released.pth")) is False
+
+
+def test_the_storage_round_trip_quantises_the_flow_as_its_png_does():
+    from hearflow.data.codecs import decode_flow, encode_flow, quantise_flow
+
+    flow = np.random.default_rng(0).normal(scale=4.0, size=(23, 31, 2)).astype(np.float32)
+    assert np.array_equal(quantise_flow(flow), decode_flow(encode_flow(flow)))
+    big = flow * np.float32(5000)  # beyond 16 bits at 1/32 pixel: a coarser step, the same rule
+    assert np.array_equal(quantise_flow(big), decode_flow(encode_flow(big)))
+
+

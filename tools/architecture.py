@@ -8,7 +8,7 @@ Imports are read with `ast` (module-level and inside functions; those under
 one kind by its first name under ``hearflow/``:
 
 - layers: errors, io, config, rng, metrics, objective, distributed, checkpoint,
-  overlay, scoring, media/, data/, model/;
+  overlay, scoring, backends, media/, data/, model/;
 - stages: prepare, pack, train, evaluate, localize/;
 - the lab: synthetic/;
 - the command line: cli; the face: ``hearflow/__init__.py``.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hearflow"
 LAYERS = {"errors", "io", "config", "rng", "metrics", "objective", "distributed", "checkpoint", "overlay",
-          "scoring", "media", "data", "model"}
+          "scoring", "backends", "media", "data", "model"}
 STAGES = {"prepare", "pack", "train", "evaluate", "localize"}
 LAB = {"synthetic"}
 ALLOWED = {  # kind -> kinds it may import

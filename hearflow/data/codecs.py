@@ -48,6 +48,13 @@ def flow_step_for(flow: np.ndarray, step: float = FLOW_STEP) -> float:
     return step
 
 
+def quantise_flow(flow: np.ndarray, step: float = FLOW_STEP) -> np.ndarray:
+    """The flow as `decode_flow(encode_flow(flow))` gives it back (float32 ``H x W x 2``), without the PNG."""
+    flow = np.asarray(flow, dtype=np.float32)
+    step = np.float32(flow_step_for(flow, step))
+    return np.rint(flow / step) * step
+
+
 def encode_flow(flow: np.ndarray, step: float = FLOW_STEP) -> bytes:
     """Float flow ``H x W x 2`` (dx, dy, pixels) -> 16-bit PNG bytes (see the module docstring)."""
     flow = np.asarray(flow, dtype=np.float32)

@@ -38,7 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hearflow.data.codecs import decode_flow, encode_flow
+from hearflow.data.codecs import decode_flow, encode_flow, quantise_flow
 from hearflow.errors import HearflowError
 from hearflow.io import write_atomic
 
@@ -132,6 +132,19 @@ def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
         handle.setframerate(int(sample_rate))
         handle.writeframes(pcm.tobytes())
     return buffer.getvalue()
+
+
+
+
+def as_stored(frame: np.ndarray, flow: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame, flow, audio) as `write_sample` stores them and `PreparedFolder.read` gives them
+    back: the frame through JPEG at JPEG_QUALITY, the flow quantised as its PNG stores it
+    (`hearflow.data.codecs.quantise_flow`), the audio through 16-bit PCM. What a model sees of a video at training and evaluation, so
+    `hearflow localize` feeds it the same."""
+    stored = cv2.imdecode(np.frombuffer(encode_jpeg(frame), np.uint8), cv2.IMREAD_COLOR)
+    pcm = np.round(np.clip(np.asarray(audio, np.float64), -1.0, 1.0) * 32767).astype(np.int16)
+    return (cv2.cvtColor(stored, cv2.COLOR_BGR2RGB), quantise_flow(flow),
+            pcm.astype(np.float32) / np.float32(-np.iinfo(np.int16).min))
 
 
 def write_sample(root: str | Path, sample_id: str, frame: np.ndarray, flow: np.ndarray, audio: np.ndarray, sample_rate: int) -> None:
@@ -320,3 +333,18 @@ class PreparedFolder:
             raise HearflowError(f"sample {sample_id!r}: missing {paths['audio']}")
         audio, sample_rate = read_wav(paths["audio"])
         return PreparedSample(sample_id, frame, flow, audio, sample_rate)
+
+
+SYNTH_RECORD = "synth.json"  # what `hearflow synth` writes beside its videos/ folder
+
+
+def training_data(folder: PreparedFolder) -> dict:
+    """What a model trained on ``folder`` was trained on, as checkpoints record it.
+
+    ``{"train": folder, "synthetic": bool}``: synthetic when every sample's video lies in
+    the ``videos/`` folder of a `hearflow synth` output (which holds ``synth.json``);
+    False means "not known to be synthetic" (the released layout records no videos).
+    """
+    folders = {Path(row["video"]).parent for row in folder.rows.values() if row.get("video")}
+    synthetic = bool(folders) and all((videos.parent / SYNTH_RECORD).is_file() for videos in folders)
+    return {"train": str(folder.path), "synthetic": synthetic}

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hearflow.backends import make_backend
 from hearflow.config import InferenceOptions
+from hearflow.data.prepared import as_stored
 from hearflow.data.transforms import audio_window_length, sample_tensors
 from hearflow.distributed import resolve_device
 from hearflow.errors import HearflowError, option
@@ -43,6 +45,10 @@ class Localizer:
     resizes, spectrogram) side by side; None = one per CPU core but one when the model
     runs on a GPU (the inputs are then the whole cost), one when it runs on the CPU
     (whose cores the model needs). The results do not depend on it.
+    backend, precision: what runs the model (`hearflow.backends.make_backend`: ``auto``
+    = ONNX Runtime on the CPU when installed, else torch; ``float32`` or ``bfloat16``).
+    trained_on_synthetic: the checkpoint says its model saw only synthetic clips
+    (`from_checkpoint` sets it; `hearflow localize` then says so once).
     """
 
     def __init__(
@@ -53,6 +59,8 @@ class Localizer:
         flow_fusion: float | None = None,
         checkpoint: str | None = None,
         input_threads: int | None = None,
+        backend: str = "auto",
+        precision: str = "float32",
     ) -> None:
         if batch_size < 1:
             raise HearflowError(f"batch size must be at least 1, got {batch_size}")
@@ -68,6 +76,8 @@ class Localizer:
         self.batch_size = int(batch_size)
         self.checkpoint = checkpoint
         self.uses_flow = self.config.model.prior != "none" or self.options.flow_fusion > 0
+        self.backend = make_backend(backend, self.model, self.device, self.options.flow_fusion, precision)
+        self.trained_on_synthetic = False
 
     @classmethod
     def from_checkpoint(
@@ -75,11 +85,14 @@ class Localizer:
     ) -> "Localizer":
         """A Localizer for a hearflow or released checkpoint (see `hearflow.load`); inference
         options left as None take the checkpoint's recorded defaults."""
-        from hearflow.checkpoint import load_model
+        from hearflow.checkpoint import load_checkpoint, model_from_checkpoint, trained_on_synthetic
 
-        model, recorded = load_model(path, map_location="cpu")
+        raw = load_checkpoint(path, map_location="cpu")
+        model, recorded = model_from_checkpoint(raw, path, map_location="cpu")
         chosen = recorded.with_arguments(flow_fusion=flow_fusion)
-        return cls(model, device=device, checkpoint=str(path), flow_fusion=chosen.flow_fusion, **options)
+        localizer = cls(model, device=device, checkpoint=str(path), flow_fusion=chosen.flow_fusion, **options)
+        localizer.trained_on_synthetic = trained_on_synthetic(raw)
+        return localizer
 
     # --- the model on prepared inputs -------------------------------------------------
 
@@ -91,7 +104,8 @@ class Localizer:
         frames: consecutive RGB uint8 frames whose pairs' flows are averaged (two for
         the paper's single pair); key: the index in `frames` of the step's frame;
         audio: mono float32 at ``sample_rate`` Hz (default ``data.sample_rate``), fitted
-        to the model's window (`hearflow.data.transforms.fit_audio`).
+        to the model's window (`hearflow.data.transforms.fit_audio`). Frame, flow and audio
+        go through prepare's storage (`hearflow.data.prepared.as_stored`) first.
         """
         data = self.config.data
         if self.uses_flow:
@@ -99,15 +113,14 @@ class Localizer:
         else:
             frame = resize_frame(frames[key], data.flow_size or None)
             flow = np.zeros(frame.shape[:2] + (2,), np.float32)
+        frame, flow, audio = as_stored(frame, flow, audio)  # what training and evaluation read
         tensors = sample_tensors(frame, flow, audio, sample_rate or data.sample_rate, data, train=False)
         return tensors["image"], tensors["flow"], tensors["spectrogram"]
 
-    @torch.no_grad()
     def similarity(self, batch: Sequence[tuple[torch.Tensor, ...]]) -> np.ndarray:
-        """Own-pair similarity maps (float32 N x h x w) for a list of `inputs` results."""
-        images, flows, specs = (torch.stack(column).to(self.device) for column in zip(*batch))
-        output = self.model(images, flows if self.uses_flow else None, specs, flow_fusion=self.options.flow_fusion)
-        return output.similarity.float().cpu().numpy()
+        """Own-pair similarity maps (float32 N x h x w) for a list of `inputs` results (run by the backend)."""
+        images, flows, specs = (torch.stack(column) for column in zip(*batch))
+        return self.backend.maps(images, flows if self.uses_flow else None, specs).numpy()
 
     # --- public entry points ------------------------------------------------------------
 
@@ -141,8 +154,10 @@ class Localizer:
     ) -> Iterator[LocalizationStep]:
         """Steps through a video, in time order, one at a time (a generator).
 
-        every: None = every frame (but the last, which has no next frame); else one
-        step at the first frame at or after each multiple of `every` seconds.
+        every: None = every frame; else one step at the first frame at or after each
+        multiple of `every` seconds. A step's flow is from its frame to the next one; the
+        last frame, which has no next one, takes the flow from the frame before it
+        (`hearflow.media.flow.pair_window`).
         key_frame_only: a single step at the benchmark's key frame (the middle frame).
         allow_silent: a video without an audio track is localized with silence
         instead of raising HearflowError.

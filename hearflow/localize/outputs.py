@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
+from hearflow.data.lists import find_videos
 from hearflow.errors import HearflowError
 from hearflow.io import TMP_MARKER, atomic_file, json_text, write_png
 from hearflow.localize.localizer import DEFAULT_BATCH_SIZE, Localizer
 from hearflow.localize.steps import LocalizationStep, check_step_options
-from hearflow.localize.stream import StepReady, VideoRun
+from hearflow.localize.stream import FrameReady, StepReady, VideoRun
 from hearflow.media.encode import VideoWriter, mux_audio
 from hearflow.overlay import draw_box, draw_marker, overlay_heatmap
 
@@ -42,6 +44,12 @@ def steps_json(path: Path, header: dict) -> Iterator[_StepsJson]:
         handle.write("\n ]\n}\n")
 
 
+# x264 for overlay videos: one thread (less CPU per frame than x264's own threads, which
+# compete with the model for the cores, and the same bytes on every run), veryfast
+# (superfast and ultrafast save 0.5-1.4 CPU ms a 640 x 360 frame for files 3-4x larger).
+OVERLAY_THREADS = 1
+
+
 def outputs(out_dir: str | Path, video_path: str | Path) -> dict[str, Path]:
     """Where `localize_video` writes for one input: json, overlay (mp4) and stills (folder of PNGs)."""
     stem = Path(video_path).stem
@@ -53,6 +61,22 @@ def outputs(out_dir: str | Path, video_path: str | Path) -> dict[str, Path]:
     }
 
 
+class LocalizedVideo(dict):
+    """What `localize_video` wrote: a dict of paths (``json``, and ``overlay`` / ``stills``
+    when asked for) with the run's figures: ``video`` (the input), ``frames`` (the video's),
+    ``steps`` localized, ``seconds`` of wall clock from opening the video to its last file."""
+
+    def __init__(self, paths: dict[str, Path], video: str, frames: int, steps: int, seconds: float) -> None:
+        super().__init__(paths)
+        self.video, self.frames, self.steps, self.seconds = video, frames, steps, seconds
+
+    def line(self) -> str:
+        """``VIDEO: N steps, F frames in S s (R frames/s) -> files``, what `hearflow localize` prints."""
+        rate = self.frames / self.seconds if self.seconds > 0 else float("inf")
+        return (f"{self.video}: {self.steps} steps, {self.frames} frames in {self.seconds:.1f} s "
+                f"({rate:.1f} frames/s) -> {', '.join(str(path) for path in self.values())}")
+
+
 def localize_video(
     localizer: Localizer,
     video_path: str | Path,
@@ -62,17 +86,22 @@ def localize_video(
     video: bool = True,
     png: bool = False,
     allow_silent: bool = False,
-) -> dict[str, Path]:
-    """Localize one video and write its outputs (see `outputs`); returns the paths written.
+    progress: bool = True,
+) -> LocalizedVideo:
+    """Localize one video and write its outputs (see `outputs`); returns the paths written
+    (a `LocalizedVideo`: a dict of paths with the run's counts).
 
     ``{stem}.json``: ``{"video", "fps", "width", "height", "checkpoint", "steps": [{"time_s",
     "frame", "peak_xy", "box", "confidence"}]}``; with `video`, ``{stem}.overlay.mp4``: every
     frame at the original size and frame rate with the latest step's heatmap blended on
     (held until the next step), the original audio muxed back (H.264 + AAC); with `png`,
     ``{stem}.steps/{frame:06d}.png``: each step's frame with its heatmap, box and peak.
+    progress: a bar of frames (with frames/s) on stderr.
     """
+    started = time.perf_counter()
     paths = outputs(out_dir, video_path)
     silent_overlay = paths["overlay"].with_name(f".{paths['overlay'].stem}.video-only{TMP_MARKER}{os.getpid()}.mp4")
+    steps_written = 0
     with ExitStack() as cleanup:
         source = cleanup.enter_context(localizer.open(video_path, every, key_frame_only, allow_silent))
         info = source.info
@@ -86,30 +115,59 @@ def localize_video(
         cleanup.callback(silent_overlay.unlink, missing_ok=True)
         writer = None
         if video:  # video-only first, then the original audio is muxed in (streamed, not re-encoded when AAC)
-            writer = VideoWriter(silent_overlay if info.has_audio else paths["overlay"], info.fps)
+            writer = VideoWriter(silent_overlay if info.has_audio else paths["overlay"], info.fps,
+                                 threads=OVERLAY_THREADS)
             cleanup.push(lambda failed, *_: writer.abort() if failed else None)
         keep_frames = video or png
         bar = cleanup.enter_context(tqdm(total=info.n_frames if keep_frames or not key_frame_only else None,
-                                         unit="frame", desc=Path(video_path).name, file=sys.stderr, leave=False))
+                                         unit="frame", desc=Path(video_path).name, file=sys.stderr, leave=False,
+                                         disable=not progress))
         with steps_json(paths["json"], header) as steps:
             for event in VideoRun(localizer, source, every, key_frame_only, keep_frames, bar):
                 if isinstance(event, StepReady):
                     steps.write(event.step)
+                    steps_written += 1
                     continue
-                index, step = event.index, event.step
-                blended = overlay_heatmap(event.frame, step.heatmap)
-                if writer is not None:
-                    writer.write(blended)
-                if png and index == step.frame:
-                    x0, y0, x1, y1 = step.box
-                    still = draw_marker(draw_box(blended, (x0, y0, x1 - 1, y1 - 1)), step.peak_xy)
-                    write_png(paths["stills"] / f"{index:06d}.png", still)
+                _write_frame(event, writer, paths["stills"] if png else None)
             if writer is not None:
                 writer.close()
                 if info.has_audio:
                     mux_audio(silent_overlay, video_path, paths["overlay"], start_s=info.frame_time(0))
-    return {kind: path for kind, path in paths.items()
-            if kind == "json" or (kind == "overlay" and video) or (kind == "stills" and png)}
+    written = {kind: path for kind, path in paths.items()
+               if kind == "json" or (kind == "overlay" and video) or (kind == "stills" and png)}
+    return LocalizedVideo(written, str(video_path), info.n_frames, steps_written, time.perf_counter() - started)
+
+
+def _write_frame(event: FrameReady, writer: VideoWriter | None, stills: Path | None) -> None:
+    """One frame with its step's heatmap into the overlay video and, at a step's own frame, a still."""
+    step = event.step
+    blended = overlay_heatmap(event.frame, step.heatmap)
+    if writer is not None:
+        writer.write(blended)
+    if stills is not None and event.index == step.frame:
+        x0, y0, x1, y1 = step.box
+        still = draw_marker(draw_box(blended, (x0, y0, x1 - 1, y1 - 1)), step.peak_xy)
+        write_png(stills / f"{event.index:06d}.png", still)
+
+
+def video_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """The videos of `hearflow localize`'s arguments: files as they are, folders searched
+    recursively for video files (`hearflow.data.lists.find_videos`, as prepare does)."""
+    videos = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = find_videos(item)
+            if not found:
+                raise HearflowError(f"{item}: no video files in this folder")
+            videos.extend(found)
+        else:
+            videos.append(item)
+    return videos
+
+
+SYNTHETIC_NOTE = ("{checkpoint} was trained on synthetic clips only (hearflow synth / the demo): on real videos its "
+                  "heatmaps mean little; use a released HTF checkpoint or one trained with `hearflow train` on "
+                  "VGG-Sound or Flickr SoundNet")
 
 
 def localize_videos(
@@ -125,23 +183,36 @@ def localize_videos(
     device: str = "auto",
     flow_fusion: float | None = None,
     input_threads: int | None = None,
-) -> list[dict[str, Path]]:
-    """`hearflow localize`: `localize_video` for each input with one model.
+    backend: str = "auto",
+    precision: str = "float32",
+    quiet: bool = False,
+) -> list[LocalizedVideo]:
+    """`hearflow localize`: `localize_video` for each input (files, or folders of videos) with one model.
 
-    A video that fails gets one error line on stderr and the others are still
-    processed; at the end a HearflowError lists the failures (non-zero exit).
+    Prints one line per video on stdout (what was written where, and the speed) and
+    progress bars on stderr, unless `quiet`; says once on stderr when the checkpoint
+    was trained on synthetic clips only. A video that fails gets one error line on
+    stderr and the others are still processed; at the end a HearflowError lists the
+    failures (non-zero exit).
     """
     check_step_options(every, key_frame_only)
+    videos = video_inputs(videos)
     localizer = Localizer.from_checkpoint(checkpoint, device, batch_size=batch_size, flow_fusion=flow_fusion,
-                                          input_threads=input_threads)
+                                          input_threads=input_threads, backend=backend, precision=precision)
+    if localizer.trained_on_synthetic:
+        print("hearflow: note: " + SYNTHETIC_NOTE.format(checkpoint=checkpoint), file=sys.stderr)
     written, failed, stems = [], [], {}
-    for path in tqdm(videos, unit="video", desc="localize", file=sys.stderr, disable=len(videos) < 2):
+    for path in tqdm(videos, unit="video", desc="localize", file=sys.stderr, disable=quiet or len(videos) < 2):
         stem = Path(path).stem
         try:
             if stem in stems:
                 raise HearflowError(f"{path}: its outputs would overwrite those of {stems[stem]} (same file stem {stem!r})")
             stems[stem] = path
-            written.append(localize_video(localizer, path, out_dir, every, key_frame_only, video, png, allow_silent))
+            result = localize_video(localizer, path, out_dir, every, key_frame_only, video, png, allow_silent,
+                                    progress=not quiet)
+            written.append(result)
+            if not quiet:
+                tqdm.write(result.line(), file=sys.stdout)
         except (HearflowError, OSError) as error:
             message = str(error) if str(path) in str(error) else f"{path}: {error}"
             tqdm.write(f"hearflow: error: {message}", file=sys.stderr)

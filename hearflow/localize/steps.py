@@ -1,9 +1,10 @@
 """One localization step: the model's map for one frame, and what is read off it.
 
 ``heatmap``: the map upsampled to the frame's size and min-max normalised exactly as
-the benchmark metric sees it (`hearflow.metrics.heatmap`); ``peak_xy``: its highest
-pixel; ``box``: the connected region around the peak at or above `BOX_THRESHOLD`;
-``confidence``: the raw map's peak. See `hearflow.localize` for the exact rules.
+the benchmark metric sees it (`hearflow.metrics.heatmap`); ``peak_xy``: the centre of
+the map's highest cell; ``box``: the connected region around the peak at or above
+`BOX_THRESHOLD`; ``confidence``: the raw map's peak. See `hearflow.localize` for the
+exact rules.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import numpy as np
 from hearflow.errors import HearflowError, option
 from hearflow.metrics import heatmap
 
-BOX_THRESHOLD = 0.5  # heatmap level (after min-max normalisation) that bounds the box
+# Heatmap level (after min-max normalisation) that bounds the box: of 0.5 to 0.9, the
+# level whose box best overlapped the sounding object's on the demo's test clips, for
+# HTF and LVS alike (bench/localize_peaks.py); 0.5 gave boxes of over half the frame.
+BOX_THRESHOLD = 0.6
 
 
 @dataclass
@@ -49,22 +53,44 @@ class LocalizationStep:
         }
 
 
-def peak_and_box(heatmap: np.ndarray, threshold: float = BOX_THRESHOLD) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
-    """The heatmap's highest pixel (x, y) (first in raster order on ties) and the box
-    ``(x0, y0, x1, y1)`` (pixel edges) of the 8-connected region of pixels >= threshold holding it
-    (the whole frame for an all-zero heatmap)."""
-    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+def map_peak(similarity: np.ndarray, width: int, height: int) -> tuple[int, int]:
+    """The centre, in pixels of a ``width x height`` frame, of the ``h x w`` map's highest cell
+    (first in raster order on ties): ``(floor((c + 0.5) W / w), floor((r + 0.5) H / h))``.
+
+    The model's own answer. The upsampled heatmap's highest pixel can lie up to a cell
+    away (bicubic interpolation between cells moves it), and on the demo's test clips it
+    fell inside the sounding object less often (bench/localize_peaks.py).
+    """
+    rows, columns = similarity.shape
+    row, column = np.unravel_index(int(np.argmax(similarity)), similarity.shape)
+    return int((column + 0.5) * width / columns), int((row + 0.5) * height / rows)
+
+
+def region_box(heatmap: np.ndarray, seed_xy: tuple[int, int], threshold: float = BOX_THRESHOLD) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` (pixel edges: it covers ``x0 <= x < x1``, ``y0 <= y < y1``) of the
+    8-connected region of heatmap pixels >= ``threshold`` that holds ``seed_xy``; when that
+    pixel is below the threshold, the level is lowered to its value (the whole frame for an
+    all-zero heatmap)."""
+    x, y = seed_xy
     mask = (heatmap >= min(threshold, float(heatmap[y, x]))).astype(np.uint8)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     left, top, width, height = (int(v) for v in stats[labels[y, x], :4])
-    return (int(x), int(y)), (left, top, left + width, top + height)
+    return left, top, left + width, top + height
+
+
+def peak_and_box(heatmap: np.ndarray, threshold: float = BOX_THRESHOLD) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """The heatmap's highest pixel (x, y) (first in raster order on ties) and `region_box` around it."""
+    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return (int(x), int(y)), region_box(heatmap, (int(x), int(y)), threshold)
 
 
 def make_step(similarity: np.ndarray, width: int, height: int, time_s: float | None, frame: int | None) -> LocalizationStep:
-    """A `LocalizationStep` from one h x w similarity map, for a frame of ``width x height`` pixels."""
+    """A `LocalizationStep` from one h x w similarity map, for a frame of ``width x height`` pixels:
+    peak_xy from `map_peak`, box from `region_box` around it."""
     full = heatmap(similarity, width, height)
-    peak_xy, box = peak_and_box(full)
-    return LocalizationStep(time_s, frame, similarity, full, peak_xy, box, float(np.max(similarity)))
+    peak_xy = map_peak(similarity, width, height)
+    return LocalizationStep(time_s, frame, similarity, full, peak_xy, region_box(full, peak_xy),
+                            float(np.max(similarity)))
 
 
 def check_step_options(every: float | None, key_frame_only: bool) -> None:

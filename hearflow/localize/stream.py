@@ -140,7 +140,7 @@ class VideoRun:
 
     def _chunks(self):
         """(step inputs, frames) chunks: each frame comes after the inputs of every step at or before it."""
-        pairs, n_frames = self.pairs, self.info.n_frames
+        pairs, n_frames = self.pairs, self.info.n_frames  # the last frame's flow is the pair before it
         window: deque = deque(maxlen=pairs + 1)  # the latest frames, for the flow of waiting steps
         waiting: deque = deque()  # (index, time_s) of selected steps whose frames have not all arrived
         queued: list = []  # (index, time_s, inputs) ready for the model
@@ -153,8 +153,7 @@ class VideoRun:
             if self.keep_frames:
                 held.append((index, frame))
             if self.every is None or time_s >= next_time - 1e-9:
-                if index < n_frames - 1:
-                    waiting.append((index, time_s))
+                waiting.append((index, time_s))
                 if self.every is not None:
                     next_time = (np.floor(time_s / self.every + 1e-9) + 1) * self.every
             while waiting and pair_window(waiting[0][0], pairs, n_frames) + pairs <= index:
@@ -167,7 +166,7 @@ class VideoRun:
                 queued = []
         while waiting:  # the file ended before the frames it declared: use the last frames decoded
             step_index, step_time = waiting.popleft()
-            if step_index < last_index:
+            if 1 <= last_index and step_index <= last_index:
                 queued.append(self._inputs_from_window(step_index, step_time, window, end=last_index))
         yield queued, held
 

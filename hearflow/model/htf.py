@@ -109,7 +109,7 @@ class HTF(nn.Module):
             if self.flownet is not None:
                 flow_features = self.flownet(flow)
             else:
-                flow_features = max_pool_flow(flow, visual.shape[-2:])
+                flow_features = max_pool_flow(flow, _map_size(visual))
             visual = visual + self.flowatt(visual, flow_features)
         return Features(F.normalize(visual, dim=1), self.audnet(spectrogram))
 
@@ -129,7 +129,7 @@ class HTF(nn.Module):
         if flow_fusion > 0:
             if flow is None:
                 raise HearflowError("flow fusion needs the flow")
-            motion = flow_motion(flow, visual.shape[-2:]).to(precision)
+            motion = flow_motion(flow, _map_size(visual)).to(precision)
             cross_similarity = cross_similarity * (1 + flow_fusion * motion[:, None])
         similarity = torch.diagonal(cross_similarity).permute(2, 0, 1)
         return Localization(similarity, cross_similarity)
@@ -138,6 +138,11 @@ class HTF(nn.Module):
         self, image: torch.Tensor, flow: torch.Tensor | None, spectrogram: torch.Tensor, flow_fusion: float = 0.0
     ) -> Localization:
         return self.similarity(self.embed(image, flow, spectrogram), flow=flow, flow_fusion=flow_fusion)
+
+
+def _map_size(visual: torch.Tensor) -> tuple[int, int]:
+    """(h, w) of a visual map as plain ints: a constant, not a traced shape, when the model is exported."""
+    return int(visual.shape[-2]), int(visual.shape[-1])
 
 
 def flow_motion(flow: torch.Tensor, map_size: tuple[int, int]) -> torch.Tensor:
