@@ -174,6 +174,10 @@ def _add_train(commands) -> None:
     parser.add_argument("--train", metavar="DIR", help="prepared training folder")
     parser.add_argument("--train-ids", metavar="FILE",
                         help="text file of sample ids (one per line) to train on, e.g. a 10k subset list")
+    parser.add_argument("--train-labels", metavar="JSON",
+                        help="VGG-SS-style annotations naming each training sample's class (hearflow synth's also "
+                        "list the classes in the frame), so off-screen negatives (--set objective.audio_negatives="
+                        "silence,noise,offscreen) are sounds of a class not in the frame; without it, any other clip")
     parser.add_argument("--val", metavar="DIR", help="prepared validation folder, scored after every epoch")
     parser.add_argument("--val-annotations", metavar="PATH",
                         help="validation annotations: VGG-SS-style JSON file or folder of Flickr XML files")
@@ -214,7 +218,7 @@ def _run_train(args) -> int:
     base = run_config(args.resume) if args.resume else None
     config = resolve(args.preset, args.config, args.set, _config_flags(args), base=base)
     train(config, args.train, run_dir, val_dir=args.val, val_annotations=args.val_annotations,
-          train_ids=args.train_ids, device=args.device, resume=bool(args.resume), pretrained=args.pretrained,
+          train_ids=args.train_ids, train_labels=args.train_labels, device=args.device, resume=bool(args.resume), pretrained=args.pretrained,
           deterministic=args.deterministic, skip_missing=args.skip_missing)
     return 0
 
@@ -244,6 +248,14 @@ def _add_evaluate(commands) -> None:
                         help="leave out (and count) samples whose prepared files are missing instead of stopping")
     parser.add_argument("--flow-fusion", type=float, metavar="ALPHA",
                         help="late fusion: scale maps by 1 + ALPHA * flow magnitude (default: the checkpoint's, 0)")
+    parser.add_argument("--negatives", metavar="KINDS", default="",
+                        help="also score every sample with a source with negative audio: comma-separated silence "
+                        "(zeros), noise (white, -20 dBFS), offscreen (another clip's sound of a class not in the "
+                        "frame): pIA, its AUC, the map maximum, IoU with the positive map, AUROC and max-F1 of "
+                        "'a visible object sounds', in the table and results.json's negatives section")
+    parser.add_argument("--sounding-threshold", type=float, metavar="T",
+                        help="the universal threshold of pIA and of the sounding decision, on the raw map "
+                        "(default: the one `hearflow calibrate` stored in the checkpoint, if any)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
 
@@ -254,7 +266,50 @@ def _run_evaluate(args) -> int:
     evaluate(args.checkpoint, args.data, args.annotations, benchmark=args.benchmark, out=args.out,
              per_sample=args.per_sample, save_maps=args.save_maps, num_maps=args.num_maps,
              batch_size=args.batch_size, workers=args.workers, device=args.device,
-             skip_missing=args.skip_missing, flow_fusion=args.flow_fusion, progress=not args.quiet)
+             skip_missing=args.skip_missing, flow_fusion=args.flow_fusion, negatives=args.negatives,
+             sounding_threshold=args.sounding_threshold, progress=not args.quiet)
+    return 0
+
+
+def _add_calibrate(commands) -> None:
+    parser = commands.add_parser(
+        "calibrate",
+        help="choose and store a checkpoint's 'a visible object sounds' threshold on a validation set",
+        description="Score a validation set's samples with a source with their own audio (positives) and "
+        "with negative audio (--negatives), plus its samples without a visible source, and store in the "
+        "checkpoint the threshold on the confidence (the raw map's peak at 224 x 224) with the largest "
+        "detection F1. `hearflow localize` then writes \"sounding\" per step and fades the overlay where it "
+        "is false; `hearflow evaluate --negatives` uses it as pIA's universal threshold. Use a validation "
+        "set, not the test set.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="hearflow .pt (rewritten in place unless --out) "
+                        "or released .pth/.ckpt (needs --out)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="prepared validation folder")
+    parser.add_argument("--annotations", required=True, metavar="PATH",
+                        help="VGG-SS-style JSON file, or folder of Flickr SoundNet XML files")
+    parser.add_argument("--negatives", metavar="KINDS", default="silence,noise,offscreen",
+                        help="negative audio to calibrate against, comma-separated from silence, noise, offscreen "
+                        "(default: all three; '' uses only the set's no-source samples)")
+    parser.add_argument("--out", metavar="FILE", help="write the calibrated checkpoint here instead of in place")
+    parser.add_argument("--benchmark", choices=("auto", "flickr", "vggss"), default="auto",
+                        help="check that the annotations are of this benchmark (auto: take what they are)")
+    parser.add_argument("--batch-size", type=int, default=32, help="inference batch size (default 32)")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="leave out samples whose prepared files are missing instead of stopping")
+    parser.add_argument("--flow-fusion", type=float, metavar="ALPHA", help="the late fusion the threshold is for, "
+                        "recorded with it (default: the checkpoint's, 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    from hearflow.calibrate import calibrate
+
+    calibrate(args.checkpoint, args.data, args.annotations, negatives=args.negatives, out=args.out,
+              benchmark=args.benchmark, batch_size=args.batch_size, workers=args.workers, device=args.device,
+              skip_missing=args.skip_missing, flow_fusion=args.flow_fusion, progress=not args.quiet)
     return 0
 
 
@@ -265,7 +320,9 @@ def _add_localize(commands) -> None:
         description="For each VIDEO, localize the sound source at every frame (or every SECONDS, or at the "
         "key frame only) with a checkpoint and write OUT/{stem}.overlay.mp4 (the heatmap blended onto every "
         "frame, original size, frame rate and audio; H.264 + AAC), OUT/{stem}.json (per step: time_s, frame, "
-        "peak_xy, box, confidence, in video pixels) and, with --png, OUT/{stem}.steps/{frame}.png.",
+        "peak_xy, box, confidence, sounding, in video pixels) and, with --png, OUT/{stem}.steps/{frame}.png. "
+        "sounding is true or false for a calibrated checkpoint (`hearflow calibrate`), null otherwise; the "
+        "overlay fades where it is false.",
     )
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video file(s) with an audio track")
     parser.add_argument("--checkpoint", required=True, help="hearflow .pt or released .pth/.ckpt checkpoint")
@@ -287,6 +344,9 @@ def _add_localize(commands) -> None:
     parser.add_argument("--input-threads", type=int, metavar="N",
                         help="threads making the model inputs (flow, resizes, spectrogram) side by side; "
                         "default: all cores but one when the model runs on a GPU, 1 on the CPU")
+    parser.add_argument("--sounding-threshold", type=float, metavar="T",
+                        help="a step is sounding when its confidence is above T (default: the checkpoint's "
+                        "calibrated threshold; none: sounding is null)")
     parser.set_defaults(run=_run_localize)
 
 
@@ -296,7 +356,7 @@ def _run_localize(args) -> int:
     localize_videos(args.videos, args.checkpoint, args.out, every=args.every, key_frame_only=args.key_frame,
                     video=not args.no_video, png=args.png, allow_silent=args.allow_silent,
                     batch_size=args.batch_size, device=args.device, flow_fusion=args.flow_fusion,
-                    input_threads=args.input_threads)
+                    input_threads=args.input_threads, sounding_threshold=args.sounding_threshold)
     return 0
 
 
@@ -336,6 +396,7 @@ COMMANDS = [  # in pipeline order
     _add_prepare,
     _add_train,
     _add_evaluate,
+    _add_calibrate,
     _add_localize,
     _add_demo,
     _add_presets,
