@@ -46,6 +46,7 @@ from hearflow.checkpoint import load_checkpoint, load_state, save_checkpoint
 from hearflow.config import Config, differences
 from hearflow.data.dataset import PreparedDataset
 from hearflow.data.lists import read_ids
+from hearflow.data.negatives import TrainingNegatives, read_labels
 from hearflow.errors import HearflowError
 from hearflow.io import csv_text, write_text
 from hearflow.model import HTF, build_model
@@ -70,12 +71,13 @@ RESUMABLE_CHANGES = ("train.epochs", "train.workers")
 
 @dataclass
 class RunPaths:
-    """The data a run reads: prepared folders, validation annotations, an id list (or None)."""
+    """The data a run reads: prepared folders, validation annotations, an id list, training labels (or None)."""
 
     train_dir: str | None = None
     val_dir: str | None = None
     val_annotations: str | None = None
     train_ids: str | None = None
+    train_labels: str | None = None
 
     @staticmethod
     def of(**paths: str | Path | None) -> "RunPaths":
@@ -104,7 +106,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
-    train_set: PreparedDataset
+    train_set: PreparedDataset | TrainingNegatives
     sampler: DistributedSampler
     validation: AnnotatedSet | None
     global_batch: int
@@ -120,6 +122,7 @@ def train(
     val_dir: str | Path | None = None,
     val_annotations: str | Path | None = None,
     train_ids: str | Path | None = None,
+    train_labels: str | Path | None = None,
     device: str = "auto",
     resume: bool = False,
     pretrained: bool = True,
@@ -134,7 +137,9 @@ def train(
     None, or must equal the recorded one but for `RESUMABLE_CHANGES` (more epochs,
     other loader workers); data paths default to the run's. train_dir / val_dir:
     prepared folders; val_annotations: a VGG-SS JSON file or a folder of Flickr XML
-    files; train_ids: a text file of ids (one per line) selecting the training samples.
+    files; train_ids: a text file of ids (one per line) selecting the training samples;
+    train_labels: annotations naming the training samples' classes, so off-screen
+    negatives are of a class not in the frame (`hearflow.data.negatives.read_labels`).
     pretrained: pre-trained weights (``model.pretrained_weights``) for the encoders the
     config marks ``*_pretrained``. deterministic: ``torch.use_deterministic_algorithms``
     (bit-identical reruns on CPU). progress: draw the progress bar (rank 0 only).
@@ -145,7 +150,7 @@ def train(
             run_dir = Path(out_dir)
             checkpoint = _last_checkpoint(run_dir) if resume else _check_new_run(run_dir)
             requested = RunPaths.of(train_dir=train_dir, val_dir=val_dir, val_annotations=val_annotations,
-                                    train_ids=train_ids)
+                                    train_ids=train_ids, train_labels=train_labels)
             config, paths = _run_config_and_paths(config, requested, checkpoint, run_dir)
             trainer = build(config, paths, run_dir, context, pretrained=pretrained and checkpoint is None,
                             skip_missing=skip_missing, checkpoint=checkpoint)
@@ -199,6 +204,8 @@ def build(
     seed_everything(config.train.seed)
     ids = None if paths.train_ids is None else read_ids(paths.train_ids)
     train_set = PreparedDataset(paths.train_dir, config, train=True, ids=ids, skip_missing=skip_missing)
+    if config.objective.audio_negatives:  # each sample also gets a negative spectrogram
+        train_set = TrainingNegatives(train_set, config.objective.audio_negatives, paths.train_labels and read_labels(paths.train_labels))
     validation = None
     if paths.val_dir is not None:
         validation = AnnotatedSet(paths.val_dir, paths.val_annotations, config, skip_missing=skip_missing)
@@ -232,7 +239,8 @@ def train_one_epoch(trainer: Trainer, epoch: int, writer, progress: bool = True)
     total_loss, steps, start = 0.0, 0, time.perf_counter()
     for step, batch in enumerate(bar, start=1):
         inputs = tuple(batch[key].to(device, non_blocking=True) for key in ("image", "flow", "spectrogram"))
-        loss = global_batch_loss(trainer.embedder, trainer.model, inputs, config.objective, trainer.amp_dtype)
+        negative = batch["negative_spectrogram"].to(device, non_blocking=True) if "negative_spectrogram" in batch else None
+        loss = global_batch_loss(trainer.embedder, trainer.model, inputs, config.objective, trainer.amp_dtype, negative)
         value = loss.item()
         if not math.isfinite(value):
             raise HearflowError(_nan_message(trainer, value, epoch, step))
