@@ -16,7 +16,7 @@ from hearflow.localize.localizer import DEFAULT_BATCH_SIZE, Localizer
 from hearflow.localize.steps import LocalizationStep, check_step_options
 from hearflow.localize.stream import StepReady, VideoRun
 from hearflow.media.encode import VideoWriter, mux_audio
-from hearflow.overlay import draw_box, draw_marker, overlay_heatmap
+from hearflow.overlay import draw_box, draw_marker, overlay_heatmap, step_alpha
 
 
 class _StepsJson:
@@ -66,10 +66,12 @@ def localize_video(
     """Localize one video and write its outputs (see `outputs`); returns the paths written.
 
     ``{stem}.json``: ``{"video", "fps", "width", "height", "checkpoint", "steps": [{"time_s",
-    "frame", "peak_xy", "box", "confidence"}]}``; with `video`, ``{stem}.overlay.mp4``: every
-    frame at the original size and frame rate with the latest step's heatmap blended on
-    (held until the next step), the original audio muxed back (H.264 + AAC); with `png`,
-    ``{stem}.steps/{frame:06d}.png``: each step's frame with its heatmap, box and peak.
+    "frame", "peak_xy", "box", "confidence", "sounding"}]}``; with `video`,
+    ``{stem}.overlay.mp4``: every frame at the original size and frame rate with the
+    latest step's heatmap blended on (held until the next step; faded, `step_alpha`,
+    where the calibrated decision says no visible object sounds), the original audio
+    muxed back (H.264 + AAC); with `png`, ``{stem}.steps/{frame:06d}.png``: each step's
+    frame with its heatmap, box and peak (the faded heatmap alone when not sounding).
     """
     paths = outputs(out_dir, video_path)
     silent_overlay = paths["overlay"].with_name(f".{paths['overlay'].stem}.video-only{TMP_MARKER}{os.getpid()}.mp4")
@@ -97,10 +99,12 @@ def localize_video(
                     steps.write(event.step)
                     continue
                 index, step = event.index, event.step
-                blended = overlay_heatmap(event.frame, step.heatmap)
+                blended = overlay_heatmap(event.frame, step.heatmap, step_alpha(step.sounding))
                 if writer is not None:
                     writer.write(blended)
-                if png and index == step.frame:
+                if png and index == step.frame and step.sounding is False:
+                    write_png(paths["stills"] / f"{index:06d}.png", blended)
+                elif png and index == step.frame:
                     x0, y0, x1, y1 = step.box
                     still = draw_marker(draw_box(blended, (x0, y0, x1 - 1, y1 - 1)), step.peak_xy)
                     write_png(paths["stills"] / f"{index:06d}.png", still)
@@ -125,6 +129,7 @@ def localize_videos(
     device: str = "auto",
     flow_fusion: float | None = None,
     input_threads: int | None = None,
+    sounding_threshold: float | None = None,
 ) -> list[dict[str, Path]]:
     """`hearflow localize`: `localize_video` for each input with one model.
 
@@ -133,7 +138,7 @@ def localize_videos(
     """
     check_step_options(every, key_frame_only)
     localizer = Localizer.from_checkpoint(checkpoint, device, batch_size=batch_size, flow_fusion=flow_fusion,
-                                          input_threads=input_threads)
+                                          input_threads=input_threads, sounding_threshold=sounding_threshold)
     written, failed, stems = [], [], {}
     for path in tqdm(videos, unit="video", desc="localize", file=sys.stderr, disable=len(videos) < 2):
         stem = Path(path).stem
