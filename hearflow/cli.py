@@ -366,8 +366,10 @@ def _add_demo(commands) -> None:
         help="the whole method end to end on synthetic videos, on a CPU in minutes",
         description="Synthesise training and test videos of sounding objects, prepare them, train HTF and "
         "the LVS baseline with small CPU configurations (demo-htf, demo-lvs), evaluate both and three "
-        "training-free baselines, print the table and write OUT/report.json, OUT/report.md, OUT/figure.png "
-        "and the checkpoints OUT/runs/{htf,lvs}/last.pt. --study runs the flow-prior study instead.",
+        "training-free baselines, calibrate both on a validation set and score them with negative audio "
+        "(silence, noise, off-screen sounds), print the tables and write OUT/report.json, OUT/report.md, "
+        "OUT/figure.png, OUT/negatives.png and the checkpoints OUT/runs/{htf,lvs}/last.pt. --study runs the "
+        "flow-prior study instead.",
     )
     parser.add_argument("--out", default="hearflow-demo", metavar="DIR", help="output folder (default hearflow-demo)")
     parser.add_argument("--quick", action="store_true", help="a small, faster version (fewer clips), as CI runs it")

@@ -6,9 +6,11 @@ Pure array functions (maps in, numbers out), shared by ``hearflow evaluate
 **Confidence** (`map_max`, named `CONFIDENCE`): the highest value of a sample's raw
 similarity map as the metric sees it, i.e. upsampled to 224 x 224 with OpenCV's
 bicubic (`hearflow.metrics.upsample_maps`) but not min-max normalised. It is a cosine
-(times ``1 + alpha * motion`` with late fusion), on the same scale for every sample,
-so one threshold means the same everywhere; and it is the lowest universal threshold
-at which the map lights nothing: ``pIA(t) > 0`` exactly when ``confidence > t``.
+(times ``1 + alpha * motion`` with late fusion; the bicubic may overshoot the cells'
+range a little), on the same scale for every sample, so one threshold means the same
+everywhere; and it is the lowest universal threshold at which the map lights nothing:
+``pIA(t) > 0`` exactly when ``confidence > t``. It replaces the peak of the h x w
+cells, from which it differs only by the interpolation's over- and undershoot.
 
 **The decision**: a visible object makes the sound when ``confidence > t`` with the
 threshold ``t`` that `calibration_threshold` chooses on a validation set (the largest
