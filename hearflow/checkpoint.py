@@ -142,7 +142,33 @@ def _recorded_options(checkpoint: dict[str, Any]) -> InferenceOptions:
     unknown = sorted(set(recorded) - known)
     if unknown:
         raise HearflowError(f"unknown inference option(s) {', '.join(unknown)}")
-    return InferenceOptions(**{name: float(value) for name, value in recorded.items()}).validate()
+    return InferenceOptions(**{name: None if value is None else float(value) for name, value in recorded.items()}).validate()
+
+
+def record_inference(path: str | Path, options: InferenceOptions, out: str | Path | None = None, **entries: Any) -> Path:
+    """Store ``options`` as the checkpoint's inference defaults, with ``entries`` beside them
+    (e.g. ``calibration={...}``); returns the file written.
+
+    A hearflow checkpoint is rewritten as it is (weights, optimiser and the rest kept)
+    at ``out``, or in place when ``out`` is None; a released one is converted to
+    hearflow's format, which needs ``out``. The file is replaced atomically.
+    """
+    checkpoint = load_checkpoint(path)
+    clashes = sorted(set(entries) & set(_RESERVED))
+    if clashes:
+        raise ValueError(f"extra checkpoint entries may not be named {clashes}")
+    if checkpoint.get("format") == FORMAT:
+        checkpoint.update(entries, inference=dataclasses.asdict(options.validate()))
+        target = Path(out or path)
+        with atomic_file(target) as file:
+            torch.save(checkpoint, file)
+        return target
+    if out is None:
+        raise HearflowError(f"{path} is a released checkpoint, which cannot hold inference options: "
+                            "pass --out FILE.pt to write it in hearflow's format with them")
+    model, _ = load_model(path)
+    save_checkpoint(out, model, inference=options.validate(), **entries)
+    return Path(out)
 
 
 def _released_state_dict(path: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:

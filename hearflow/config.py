@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ FLOW_ENCODERS = ("resnet18", "maxpool")
 FLOW_CONV1_INITS = ("random", "rgb-mean")
 FLOW_ENCODINGS = ("signed", "official")
 FLOW_METHODS = ("farneback", "dis")
+# Negative audio (`hearflow.data.negatives`): the image with silence, with white noise,
+# with the sound of a clip whose source is not in the frame.
+NEGATIVE_KINDS = ("silence", "noise", "offscreen")
 
 
 @dataclass
@@ -79,6 +83,12 @@ class ObjectiveConfig:
     """The training loss (``loss``: a name registered in `hearflow.objective.LOSSES`) and its constants.
 
     The constants are the trimap contrastive loss's (LVS / HTF Eq. 6, as released).
+    Training with negative audio, around whichever loss is registered
+    (`hearflow.objective.global_batch_loss`): ``audio_negatives`` names the kinds
+    (comma-separated `NEGATIVE_KINDS`; empty = off), each sample of a batch is paired
+    once more with audio of one of them, and ``negatives_weight`` times
+    `hearflow.objective.negative_map_loss` (every cell of those maps pushed below
+    ``negatives_margin``, softly over ``tau``) is added to the loss.
     """
 
     loss: str = "lvs"
@@ -86,6 +96,9 @@ class ObjectiveConfig:
     eps_n: float = 0.40
     tau: float = 0.03
     temperature: float = 0.07
+    audio_negatives: str = ""  # e.g. "silence,noise,offscreen"; empty: no negative audio in training
+    negatives_weight: float = 1.0  # weight of the negative-map term
+    negatives_margin: float = 0.40  # cosine below which a negative pair's map counts as dark
 
 
 def machine_workers() -> int:
@@ -143,6 +156,9 @@ class Config:
             raise HearflowError("data.noverlap must be smaller than data.nperseg")
         if self.train.shuffle_buffer < 1:
             raise HearflowError("train.shuffle_buffer must be at least 1 (1 = no shuffling within a worker)")
+        negative_kinds(self.objective.audio_negatives, "objective.audio_negatives")
+        if not self.objective.negatives_weight >= 0:
+            raise HearflowError("objective.negatives_weight must be a non-negative weight")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +203,17 @@ class Config:
             return cls.from_dict(data)
         except HearflowError as error:
             raise HearflowError(f"config {path}: {error}") from None
+
+
+def negative_kinds(text: str | tuple[str, ...] | list[str], name: str = "--negatives") -> tuple[str, ...]:
+    """``"silence,noise"`` (or a sequence of names) -> the kinds, in `NEGATIVE_KINDS` order,
+    each once; ``""`` -> (). HearflowError naming ``name`` for an unknown kind."""
+    names = [part.strip() for part in (text.split(",") if isinstance(text, str) else text)]
+    names = [part for part in names if part]
+    unknown = sorted(set(names) - set(NEGATIVE_KINDS))
+    if unknown:
+        raise HearflowError(f"{name}: unknown negative kind(s) {', '.join(unknown)}; choose from {', '.join(NEGATIVE_KINDS)}")
+    return tuple(kind for kind in NEGATIVE_KINDS if kind in names)
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -259,15 +286,21 @@ class InferenceOptions:
     """Options of a trained model at inference, never part of its Config.
 
     flow_fusion: late fusion, maps scaled by ``1 + alpha * flow magnitude``
-    (`hearflow.model.htf.flow_motion`); 0 = off. A checkpoint may record defaults
-    for these (``"inference"`` beside its config); an explicit argument wins.
+    (`hearflow.model.htf.flow_motion`); 0 = off. sounding_threshold: the decision
+    "a visible object makes this sound" is ``confidence > sounding_threshold``
+    (`hearflow.negatives.map_max`; set by ``hearflow calibrate``); None = uncalibrated,
+    no decision. A checkpoint may record defaults for these (``"inference"`` beside
+    its config); an explicit argument wins.
     """
 
     flow_fusion: float = 0.0
+    sounding_threshold: float | None = None
 
     def validate(self) -> "InferenceOptions":
         if not self.flow_fusion >= 0:
             raise HearflowError(f"flow fusion must be a non-negative weight, got {self.flow_fusion}")
+        if self.sounding_threshold is not None and not math.isfinite(self.sounding_threshold):
+            raise HearflowError(f"the sounding threshold must be a finite number, got {self.sounding_threshold}")
         return self
 
     def with_arguments(self, **arguments: Any) -> "InferenceOptions":
@@ -281,7 +314,8 @@ class InferenceOptions:
 LEGACY_KEYS = ("model.flow_fusion",)
 # Fields added since the first version, whose defaults are what that version did: a
 # complete config written before they existed is still complete.
-ADDED_FIELDS = ("objective.loss", "train.shuffle_buffer", "train.gpu_inputs")
+ADDED_FIELDS = ("objective.loss", "objective.audio_negatives", "objective.negatives_weight",
+                "objective.negatives_margin", "train.shuffle_buffer", "train.gpu_inputs")
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 The predictions and the protocol are `hearflow.scoring`'s (the same code scores
 training's validation); this stage loads the checkpoint, prints the table and writes
 what was asked for: ``results.json``, a per-sample CSV, overlays of the best and worst
-maps. Annotated ids without a prepared sample, prepared samples without an
-annotation, and samples skipped for missing files are counted and reported.
+maps, and with ``negatives`` the negative-audio section (`hearflow.negatives`).
+Annotated ids without a prepared sample, prepared samples without an annotation,
+and samples skipped for missing files are counted and reported.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import numpy as np
 from hearflow import distributed
 from hearflow.backends import make_backend
 from hearflow.checkpoint import load_model
+from hearflow.config import negative_kinds
 from hearflow.data.annotations import Annotations
 from hearflow.data.dataset import PreparedDataset
 from hearflow.errors import HearflowError, option
 from hearflow.io import csv_text, write_json, write_png, write_text
 from hearflow.metrics import MAP_SIZE, heatmap
+from hearflow.negatives import format_negatives, negative_results
 from hearflow.overlay import draw_box, overlay_heatmap
 from hearflow.scoring import AnnotatedSet, Matching, Predictions
 
@@ -42,6 +45,8 @@ def evaluate(
     device: str = "auto",
     skip_missing: bool = False,
     flow_fusion: float | None = None,
+    negatives: str | tuple[str, ...] = (),
+    sounding_threshold: float | None = None,
     progress: bool = True,
     backend: str = "auto",
     precision: str = "float32",
@@ -51,18 +56,22 @@ def evaluate(
     Prints a table and returns the results dict (the content of ``out``): ``n``,
     ``ciou_at_0_5``, ``auc``, ``mean_ciou`` (+ ``n_no_source``, ``ap``, ``max_f1`` when
     the set has no-source samples), the inference options used and the counts of
-    samples left out. per_sample: a CSV ``id,ciou,confidence``; save_maps: a folder for
-    heatmap overlays of the ``num_maps`` best and worst samples; flow_fusion: late
-    fusion with the flow magnitude (None: the checkpoint's recorded default, 0);
+    samples left out. per_sample: a CSV ``id,ciou,confidence``; save_maps: overlays of the
+    ``num_maps`` best and worst samples; flow_fusion: late fusion (None: the checkpoint's
+    default, 0); negatives: kinds of negative audio (``"silence,noise,offscreen"``) to
+    score the samples with a source with as well (``results["negatives"]``,
+    `hearflow.negatives.negative_results`); sounding_threshold: the universal threshold
+    of pIA and of the decision (None: the checkpoint's calibrated one, if any);
     backend, precision: what runs the model (`hearflow.backends.make_backend`).
     """
+    kinds = negative_kinds(negatives)
     if batch_size < 1 or num_maps < 0 or workers < 0:
         raise HearflowError(f"{option('--batch-size', 'batch_size')} must be positive, "
                             f"{option('--num-maps', 'num_maps')} and {option('--workers', 'workers')} not negative; "
                             f"got {batch_size}, {num_maps} and {workers}")
     torch_device = distributed.resolve_device(device)
     model, recorded = load_model(checkpoint, map_location=torch_device)
-    options = recorded.with_arguments(flow_fusion=flow_fusion)
+    options = recorded.with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold)
     annotated = AnnotatedSet(data, annotations, model.config, benchmark=benchmark, skip_missing=skip_missing)
     context = distributed.Distributed(device=torch_device)
     runner = make_backend(backend, model, torch_device, options.flow_fusion, precision)
@@ -75,11 +84,18 @@ def evaluate(
         flow_fusion=options.flow_fusion,
         backend=runner.name,
         precision=getattr(runner, "precision", "float32"),
+        sounding_threshold=options.sounding_threshold,
         annotated_without_sample=len(annotated.matching.annotated_without_sample),
         samples_without_annotation=len(annotated.matching.samples_without_annotation),
         skipped_missing_files=len(annotated.dataset.skipped),
     )
-    print(format_table(results, annotated.matching, annotated.dataset.skipped))
+    table = format_table(results, annotated.matching, annotated.dataset.skipped)
+    if kinds:
+        maps = annotated.negative_maps(model, kinds, predictions, cious, context, batch_size, workers,
+                                       options.flow_fusion, progress)
+        results["negatives"] = negative_results(maps.positive, maps.cious, maps.negatives, options.sounding_threshold)
+        table += "\n" + format_negatives(results["negatives"], threshold_note(options.sounding_threshold, sounding_threshold))
+    print(table)
     if out is not None:
         write_json(out, results)
     if per_sample is not None:
@@ -87,6 +103,13 @@ def evaluate(
     if save_maps is not None and num_maps:
         save_overlays(Path(save_maps), predictions, cious, annotated.annotations, annotated.dataset, num_maps)
     return results
+
+
+def threshold_note(threshold: float | None, given: float | None) -> str:
+    """How the universal threshold was chosen, for the negatives table."""
+    if threshold is None:
+        return "uncalibrated: no universal threshold (run `hearflow calibrate`, or pass --sounding-threshold)"
+    return f"universal threshold t = {threshold:.4f}, {'given' if given is not None else 'the checkpoint calibration'}"
 
 
 def format_table(results: dict[str, Any], matching: Matching, skipped: list[tuple[str, str]]) -> str:

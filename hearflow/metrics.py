@@ -101,6 +101,14 @@ def _binarize(normalised_maps: np.ndarray) -> np.ndarray:
     return normalised_maps > threshold[:, None]
 
 
+def predicted_masks(upsampled_maps: np.ndarray) -> np.ndarray:
+    """The protocol's prediction of ``N x 224 x 224`` float32 maps (`upsample_maps`'s output):
+    boolean ``N x 224*224``, each map min-max normalised and binarised above its median
+    exactly as `ciou` does. The input is not modified."""
+    values = np.array(upsampled_maps, dtype=np.float32).reshape(len(upsampled_maps), -1)
+    return _binarize(normalise_maps(values))
+
+
 def ciou(similarity_maps, gt_maps) -> np.ndarray:
     """Per-sample cIoU (float64, N) of similarity maps ``N x h x w`` against ground-truth
     maps ``N x 224 x 224``, following the protocol step by step (module docstring).

@@ -10,6 +10,11 @@ method adds to the model is skipped.
 
 Registered here: ``lvs``, the trimap contrastive loss (LVS / HTF Eq. 4-6, as
 released, made numerically safe), `lvs_loss`.
+
+Negative audio (``objective.audio_negatives``) is added here, once, around whichever
+loss is registered: the batch's images are embedded a second time with negative
+audio (`hearflow.data.negatives.TrainingNegatives`) in the same ``embed`` call, and
+``negatives_weight`` times `negative_map_loss` of those pairs' maps joins the loss.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def global_batch_loss(
     inputs: tuple[torch.Tensor, ...],
     objective: ObjectiveConfig,
     amp_dtype: torch.dtype | None = None,
+    negative_spectrogram: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss of the global batch, the same scalar on every process.
 
@@ -73,11 +79,39 @@ def global_batch_loss(
     ``amp_dtype`` (None: the inputs' dtype); the features of all processes are gathered
     (`gather_features`) and the registered loss ``objective.loss`` is computed on them
     in float32 (float64 for float64 features).
+
+    negative_spectrogram: ``B x 1 x F x T``, negative audio for each sample of the share
+    (``objective.audio_negatives``): one ``embed`` call takes the images twice, with
+    their own and with this audio (one forward, as DistributedDataParallel needs; the
+    visual BatchNorm statistics of a doubled batch are the batch's own); the second
+    half's own-pair maps add ``objective.negatives_weight * negative_map_loss``.
     """
     loss = get_loss(objective.loss)
-    with torch.autocast(inputs[0].device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        features = embed(*inputs)
-    return loss(gather_features(features), model, objective)
+    image, flow, spectrogram = inputs
+    with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        if negative_spectrogram is None:
+            features = embed(image, flow, spectrogram)
+        else:
+            both = embed(torch.cat([image, image]), torch.cat([flow, flow]),
+                         torch.cat([spectrogram, negative_spectrogram.to(spectrogram.dtype)]))
+            features, negatives = (type(both)(*(value[rows] for value in both))
+                                   for rows in (slice(None, len(image)), slice(len(image), None)))
+    value = loss(gather_features(features), model, objective)
+    if negative_spectrogram is not None:
+        maps = model.similarity(gather_features(negatives)).similarity
+        value = value + objective.negatives_weight * negative_map_loss(maps, objective.negatives_margin, objective.tau)
+    return value
+
+
+def negative_map_loss(maps: torch.Tensor, margin: float, tau: float) -> torch.Tensor:
+    """How lit the maps of pairs whose audio no visible object makes are: a scalar.
+
+    maps: ``B x h x w`` own-pair similarity maps of negative pairs. The mean over every
+    cell of ``tau * softplus((S - margin) / tau)``, a smooth ``max(S - margin, 0)``:
+    the whole map is pushed below ``margin`` (LVS's background level, 0.4), cells far
+    above it with a constant pull, cells below it hardly at all. In float32.
+    """
+    return (tau * F.softplus((maps.float() - margin) / tau)).mean()
 
 
 def soft_masked_mean(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:

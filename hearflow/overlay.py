@@ -12,6 +12,13 @@ import cv2
 import numpy as np
 
 DEFAULT_ALPHA = 0.5  # weight of the heatmap colours in the blend
+FADED_ALPHA = 0.12  # the weight where the calibrated decision says no visible object sounds
+
+
+def step_alpha(sounding: bool | None) -> float:
+    """The blend weight of a heatmap whose decision is ``sounding``: faded when it is False
+    (nothing visible makes the sound), the usual weight when True or uncalibrated (None)."""
+    return FADED_ALPHA if sounding is False else DEFAULT_ALPHA
 
 
 def heatmap_colors(heatmap: np.ndarray) -> np.ndarray:

@@ -3,8 +3,9 @@
 The protocol is the papers' (`hearflow.metrics`): each sample's own-pair similarity
 map is upsampled to 224 x 224, binarised at its median and compared with the
 ground-truth map (cIoU); over the set, cIoU@0.5, AUC and mean cIoU, plus AP and
-max-F1 (over the peak of each map, the sample's confidence) when the set holds
-samples with no visible sound source. Those no-source samples enter AP / max-F1 only;
+max-F1 (over each sample's confidence, `hearflow.negatives.map_max`: the peak of the
+raw map upsampled as the metric sees it) when the set holds samples with no visible
+sound source. Those no-source samples enter AP / max-F1 only;
 cIoU@0.5, AUC and mean cIoU are over the samples with a source (``n``).
 
 Inputs are made by the test transform (`PreparedDataset` with ``train=False``) and
@@ -29,20 +30,28 @@ from hearflow.data.annotations import Annotations, load_annotations
 from hearflow.data.dataset import PreparedDataset
 from hearflow.data.shards import open_prepared
 from hearflow.errors import HearflowError
+from hearflow.data.negatives import NegativeAudioDataset, offscreen_partners, read_labels
 from hearflow.metrics import ap_max_f1, ciou, summarize
+from hearflow.negatives import NO_SOURCE, map_max
 
 
 @dataclass
 class Predictions:
     """The model's own-pair maps for a list of samples.
 
-    ids: N sample ids; similarity: float32 N x h x w; confidence: float32 N, the
-    peak of each map.
+    ids: N sample ids; similarity: float32 N x h x w; confidence: float32 N, each
+    map's `hearflow.negatives.map_max`.
     """
 
     ids: list[str]
     similarity: np.ndarray
     confidence: np.ndarray
+
+    def select(self, ids: list[str]) -> "Predictions":
+        """The predictions of ``ids``, in that order (KeyError for an id not predicted)."""
+        rows = {sample_id: row for row, sample_id in enumerate(self.ids)}
+        picked = np.array([rows[sample_id] for sample_id in ids], dtype=np.int64)
+        return Predictions(list(ids), self.similarity[picked], self.confidence[picked])
 
     @staticmethod
     def concatenate(parts: list["Predictions"]) -> "Predictions":
@@ -54,6 +63,18 @@ class Predictions:
             np.concatenate([part.similarity for part in parts]),
             np.concatenate([part.confidence for part in parts]),
         )
+
+
+@dataclass
+class NegativeMaps:
+    """Samples with a source (``ids``): their maps with their own audio (``positive``, N x h x w)
+    and cIoU (``cious``, N), and ``negatives``: kind -> maps (rows paired with ``ids``; the
+    set's own no-source samples under ``no_source``)."""
+
+    ids: list[str]
+    positive: np.ndarray
+    cious: np.ndarray
+    negatives: dict[str, np.ndarray]
 
 
 @dataclass
@@ -113,8 +134,8 @@ def predict(
             ids.extend(batch["id"])
     if not maps:
         return Predictions.concatenate([])
-    similarity = torch.cat(maps)
-    return Predictions(ids, similarity.numpy(), similarity.flatten(1).amax(dim=1).numpy())
+    similarity = torch.cat(maps).numpy()
+    return Predictions(ids, similarity, map_max(similarity).astype(np.float32))
 
 
 def score(predictions: Predictions, annotations: Annotations, chunk: int = 256) -> tuple[np.ndarray, dict[str, Any]]:
@@ -168,6 +189,7 @@ class AnnotatedSet:
                 f"({len(prepared.ids)} samples, {len(self.annotations.ids)} annotations; ids are file stems)"
             )
         self.dataset = PreparedDataset(prepared, config, train=False, ids=self.matching.ids, skip_missing=skip_missing)
+        self._config = config
 
     def predict(
         self,
@@ -183,6 +205,39 @@ class AnnotatedSet:
         shard = Subset(self.dataset, range(context.rank, len(self.dataset), context.world_size))
         local = predict(model, shard, batch_size, context.device, workers, progress and context.is_main, flow_fusion)
         return Predictions.concatenate(distributed.gather_objects(local))
+
+    def negative_maps(
+        self,
+        model: torch.nn.Module,
+        kinds: tuple[str, ...],
+        predictions: Predictions,
+        cious: np.ndarray,
+        context: distributed.Distributed = distributed.Distributed(),
+        batch_size: int = 32,
+        workers: int = 0,
+        flow_fusion: float = 0.0,
+        progress: bool = True,
+    ) -> "NegativeMaps":
+        """The maps `hearflow.negatives.negative_results` scores: the samples with a source with
+        their own audio (from ``predictions`` and ``cious``, `predict` and `score`'s results) and
+        with the audio of each negative kind (`hearflow.data.negatives`), plus the set's
+        no-source samples with their own audio (kind ``no_source``) when it has any."""
+        has_source = [self.annotations.has_source(sample_id) for sample_id in predictions.ids]
+        ids = [sample_id for sample_id, source in zip(predictions.ids, has_source) if source]
+        base = PreparedDataset(self.dataset.folder, self._config, train=False, ids=ids)
+        partners = None
+        if "offscreen" in kinds:
+            chosen = dict(zip(predictions.ids, offscreen_partners(predictions.ids, read_labels(self.annotations.path))))
+            partners = [chosen[sample_id] for sample_id in ids]
+        negatives = {}
+        for kind in kinds:
+            shard = Subset(NegativeAudioDataset(base, kind, partners), range(context.rank, len(ids), context.world_size))
+            local = predict(model, shard, batch_size, context.device, workers, progress and context.is_main, flow_fusion)
+            negatives[kind] = Predictions.concatenate(distributed.gather_objects(local)).select(ids).similarity
+        no_source = [sample_id for sample_id, source in zip(predictions.ids, has_source) if not source]
+        if no_source:
+            negatives[NO_SOURCE] = predictions.select(no_source).similarity
+        return NegativeMaps(ids, predictions.select(ids).similarity, cious[np.array(has_source, bool)], negatives)
 
     def score(self, predictions: Predictions) -> tuple[np.ndarray, dict[str, Any]]:
         """`score` of ``predictions`` against the set's annotations."""

@@ -46,6 +46,7 @@ from hearflow.checkpoint import load_checkpoint, load_state, save_checkpoint
 from hearflow.config import Config, differences, machine_workers
 from hearflow.data.loading import TrainingData
 from hearflow.data.lists import read_ids
+from hearflow.data.negatives import read_labels
 from hearflow.data.prepared import training_data
 from hearflow.errors import HearflowError, Problems, option
 from hearflow.io import csv_text, write_text
@@ -71,12 +72,13 @@ RESUMABLE_CHANGES = ("train.epochs", "train.workers")
 
 @dataclass
 class RunPaths:
-    """The data a run reads: prepared folders, validation annotations, an id list (or None)."""
+    """The data a run reads: prepared folders, validation annotations, an id list, training labels (or None)."""
 
     train_dir: str | None = None
     val_dir: str | None = None
     val_annotations: str | None = None
     train_ids: str | None = None
+    train_labels: str | None = None
 
     @staticmethod
     def of(**paths: str | Path | None) -> "RunPaths":
@@ -120,6 +122,7 @@ def train(
     val_dir: str | Path | None = None,
     val_annotations: str | Path | None = None,
     train_ids: str | Path | None = None,
+    train_labels: str | Path | None = None,
     device: str = "auto",
     resume: bool = False,
     pretrained: bool = True,
@@ -134,7 +137,9 @@ def train(
     None, or must equal the recorded one but for `RESUMABLE_CHANGES` (more epochs,
     other loader workers); data paths default to the run's. train_dir / val_dir:
     prepared folders; val_annotations: a VGG-SS JSON file or a folder of Flickr XML
-    files; train_ids: a text file of ids (one per line) selecting the training samples.
+    files; train_ids: a text file of ids (one per line) selecting the training samples;
+    train_labels: annotations naming the training samples' classes, so off-screen
+    negatives are of a class not in the frame (`hearflow.data.negatives.read_labels`).
     pretrained: pre-trained weights (``model.pretrained_weights``) for the encoders the
     config marks ``*_pretrained``. deterministic: ``torch.use_deterministic_algorithms``
     (bit-identical reruns on CPU). progress: draw the progress bar (rank 0 only).
@@ -145,7 +150,7 @@ def train(
             run_dir = Path(out_dir)
             checkpoint = _last_checkpoint(run_dir) if resume else _check_new_run(run_dir)
             requested = RunPaths.of(train_dir=train_dir, val_dir=val_dir, val_annotations=val_annotations,
-                                    train_ids=train_ids)
+                                    train_ids=train_ids, train_labels=train_labels)
             config, paths = _run_config_and_paths(config, requested, checkpoint, run_dir)
             trainer = build(config, paths, run_dir, context, pretrained=pretrained and checkpoint is None,
                             skip_missing=skip_missing, checkpoint=checkpoint)
@@ -201,8 +206,9 @@ def build(
     problems.attempt(get_loss, config.objective.loss)
     seed_everything(config.train.seed)
     ids = None if paths.train_ids is None else problems.attempt(read_ids, paths.train_ids)
+    labels = None if paths.train_labels is None else problems.attempt(read_labels, paths.train_labels)
     train_data = problems.attempt(TrainingData, paths.train_dir, config, ids, skip_missing, context.rank,
-                                  context.world_size)
+                                  context.world_size, labels)
     validation = None
     if paths.val_dir is not None:
         validation = problems.attempt(AnnotatedSet, paths.val_dir, paths.val_annotations, config,
@@ -237,7 +243,9 @@ def train_one_epoch(trainer: Trainer, epoch: int, writer, progress: bool = True)
     total_loss, steps, start = 0.0, 0, time.perf_counter()
     for step, batch in enumerate(bar, start=1):
         inputs = trainer.train_data.inputs(batch, device)
-        loss = global_batch_loss(trainer.embedder, trainer.model, inputs, config.objective, trainer.amp_dtype)
+        negative = trainer.train_data.negative_spectrogram(batch, device)
+        loss = global_batch_loss(trainer.embedder, trainer.model, inputs, config.objective, trainer.amp_dtype,
+                                 negative)
         value = loss.item()
         if not math.isfinite(value):
             raise HearflowError(_nan_message(trainer, value, epoch, step))
@@ -420,7 +428,7 @@ def _save_checkpoints(trainer: Trainer, row: dict[str, Any]) -> None:
     state = trainer.state
     summary = {"epoch": state.epoch, "global_step": state.global_step, "best": state.best,
                "run": asdict(trainer.paths), "metrics": {key: row.get(key) for key in METRICS_COLUMNS},
-               "training_data": training_data(trainer.train_data.dataset.folder)}
+               "training_data": training_data(trainer.train_data.folder)}
     if row["is_best"]:
         save_checkpoint(trainer.run_dir / "best.pt", trainer.model, **summary)
     save_checkpoint(trainer.run_dir / "last.pt", trainer.model, optimizer=trainer.optimizer.state_dict(),

@@ -205,12 +205,13 @@ QUICK_MIN_PICK_OVER_FLOW = 0.05
 
 @pytest.mark.slow
 def test_quick_demo_learns_to_localize_the_sounding_object(tmp_path):
+    from hearflow.checkpoint import load_model
     from hearflow.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--seed", "0", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"methods", "train_clips", "test_clips", "seconds", "seed"}
+    assert set(report) == {"methods", "negatives", "train_clips", "test_clips", "no_source_test_clips", "seconds", "seed"}
     assert set(report["methods"]) == {"htf", "lvs", "center", "flow_only", "lvs_flow_fusion"}
     center = report["methods"]["center"]
     for name in ("htf", "lvs"):
@@ -221,6 +222,11 @@ def test_quick_demo_learns_to_localize_the_sounding_object(tmp_path):
         assert metrics["mean_ciou"] >= center["mean_ciou"] + QUICK_MIN_GAIN, (name, metrics, center)
         assert metrics["pick_rate"] >= report["methods"]["flow_only"]["pick_rate"] + QUICK_MIN_PICK_OVER_FLOW
     assert (out / "report.md").read_text().count("|") > 20 and (out / "figure.png").stat().st_size > 10_000
-    from hearflow.checkpoint import load
-
-    assert load(out / "runs" / "htf" / "last.pt").config.model.prior != "none"
+    assert report["no_source_test_clips"] == 20 and (out / "negatives.png").stat().st_size > 10_000
+    for name in ("htf", "lvs"):
+        negatives = report["negatives"][name]
+        assert {"positive", "silence", "noise", "offscreen", "no_source", "all"} <= set(negatives)
+        assert negatives["silence"]["n"] == report["methods"][name]["n"] == 100
+        assert load_model(out / "runs" / name / "last.pt")[1].sounding_threshold == negatives["calibration"]["threshold"]
+    assert "## Negative audio" in (out / "report.md").read_text()
+    assert load_model(out / "runs" / "htf" / "last.pt")[0].config.model.prior != "none"

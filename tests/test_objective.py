@@ -87,3 +87,68 @@ def test_finite_loss_and_gradients_through_the_model_on_degenerate_inputs(batch,
     assert torch.isfinite(loss)
     for name, parameter in model.named_parameters():
         assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
+
+
+# --- negative audio, around any registered loss -------------------------------------------
+
+
+def test_negative_map_loss_is_a_soft_hinge_at_the_margin():
+    from hearflow.objective import negative_map_loss
+
+    at = negative_map_loss(torch.full((2, 4, 4), 0.4), margin=0.4, tau=0.03)
+    assert at.item() == pytest.approx(0.03 * math.log(2), rel=1e-5)
+    assert negative_map_loss(torch.full((1, 3, 3), -0.6), 0.4, 0.03).item() < 1e-12
+    far = negative_map_loss(torch.full((1, 3, 3), 0.9), 0.4, 0.03).item()
+    assert far == pytest.approx(0.5, rel=1e-6)  # max(S - margin, 0) where S is far above
+
+
+def test_global_batch_loss_adds_the_weighted_negative_term_to_any_registered_loss():
+    from hearflow.objective import LOSSES, global_batch_loss, negative_map_loss, register_loss
+
+    torch.manual_seed(0)
+    config = demo_config("cpu-small", **{"objective.negatives_weight": 0.7})
+    model = build_model(config=config).eval()  # eval: BatchNorm does not mix the two halves
+    image, flow = torch.randn(3, 3, 64, 64), torch.randn(3, 2, 64, 64)
+    spectrogram, negative = torch.randn(3, 1, 64, 40), torch.zeros(3, 1, 64, 40)
+
+    @register_loss("test-peak")
+    def peak(features, model, objective):  # any loss: the own maps' mean peak
+        return model.similarity(features).similarity.amax(dim=(1, 2)).mean()
+
+    try:
+        config.objective.loss = "test-peak"
+        total = global_batch_loss(model.embed, model, (image, flow, spectrogram), config.objective,
+                                  negative_spectrogram=negative)
+        plain = global_batch_loss(model.embed, model, (image, flow, spectrogram), config.objective)
+        maps = model(image, flow, negative).similarity
+        expected = plain + 0.7 * negative_map_loss(maps, config.objective.negatives_margin, config.objective.tau)
+        assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    finally:
+        del LOSSES["test-peak"]
+
+
+def test_training_on_the_negative_term_darkens_the_silent_map():
+    from hearflow.objective import global_batch_loss
+
+    torch.manual_seed(1)
+    torch.set_num_threads(1)
+    config = demo_config("cpu-small", **{"objective.negatives_weight": 1.0})
+    model = build_model(config=config)
+    image, flow = torch.randn(4, 3, 64, 64), torch.randn(4, 2, 64, 64)
+    spectrogram, silence = torch.randn(4, 1, 64, 40), torch.full((4, 1, 64, 40), -1.34)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def silent_peak():
+        model.eval()
+        with torch.no_grad():
+            return model(image, flow, silence).similarity.amax(dim=(1, 2)).mean().item()
+
+    before = silent_peak()
+    for _ in range(15):
+        model.train()
+        loss = global_batch_loss(model.embed, model, (image, flow, spectrogram), config.objective,
+                                 negative_spectrogram=silence)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert silent_peak() < min(before, config.objective.negatives_margin)

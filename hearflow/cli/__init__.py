@@ -16,7 +16,7 @@ import sys
 from hearflow import __version__
 from hearflow.cli.apps import add_demo, add_localize
 from hearflow.cli.data import add_pack, add_prepare, add_synth
-from hearflow.cli.models import add_evaluate, add_export, add_presets, add_train
+from hearflow.cli.models import add_calibrate, add_evaluate, add_export, add_presets, add_train
 from hearflow.errors import HearflowError
 
 COMMANDS = [  # in pipeline order
@@ -24,6 +24,7 @@ COMMANDS = [  # in pipeline order
     add_prepare,
     add_pack,
     add_train,
+    add_calibrate,
     add_evaluate,
     add_localize,
     add_export,

@@ -13,8 +13,9 @@ def add_localize(commands) -> None:
         description="For each VIDEO, localize the sound source at every frame (or every SECONDS, or at the "
         "key frame only) with a checkpoint and write OUT/{stem}.overlay.mp4 (the heatmap blended onto every "
         "frame, original size, frame rate and audio; H.264 + AAC), OUT/{stem}.json (per step: time_s, frame, "
-        "peak_xy, box, confidence, in video pixels) and, with --png, OUT/{stem}.steps/{frame}.png. Prints what "
-        "it wrote and the speed for each video.",
+        "peak_xy, box, confidence, sounding, in video pixels) and, with --png, OUT/{stem}.steps/{frame}.png. "
+        "sounding is true or false for a calibrated checkpoint (`hearflow calibrate`), null otherwise; the "
+        "overlay fades where it is false. Prints what it wrote and the speed for each video.",
     )
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video file(s) with an audio track, or folders "
                         "of them (searched recursively, as prepare does)")
@@ -37,6 +38,9 @@ def add_localize(commands) -> None:
     parser.add_argument("--input-threads", type=int, metavar="N",
                         help="threads making the model inputs (flow, resizes, spectrogram) side by side; "
                         "default: all cores but one when the model runs on a GPU, 1 on the CPU")
+    parser.add_argument("--sounding-threshold", type=float, metavar="T",
+                        help="a step is sounding when its confidence is above T (default: the checkpoint's "
+                        "calibrated threshold; none: sounding is null)")
     backend_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no summary lines (errors and "
                         "warnings are still printed)")
@@ -54,7 +58,7 @@ def _run_localize(args) -> int:
                     video=not args.no_video, png=args.png, allow_silent=args.allow_silent,
                     batch_size=args.batch_size, device=args.device, flow_fusion=args.flow_fusion,
                     input_threads=args.input_threads, backend=args.backend, precision=args.precision,
-                    quiet=args.quiet)
+                    quiet=args.quiet, sounding_threshold=args.sounding_threshold)
     return 0
 
 
@@ -64,8 +68,10 @@ def add_demo(commands) -> None:
         help="the whole method end to end on synthetic videos, on a CPU in minutes",
         description="Synthesise training and test videos of sounding objects, prepare them, train HTF and "
         "the LVS baseline with small CPU configurations (demo-htf, demo-lvs), evaluate both and three "
-        "training-free baselines, print the table and write OUT/report.json, OUT/report.md, OUT/figure.png "
-        "and the checkpoints OUT/runs/{htf,lvs}/last.pt. --study runs the flow-prior study instead.",
+        "training-free baselines, calibrate both on a validation set and score them with negative audio "
+        "(silence, noise, off-screen sounds), print the tables and write OUT/report.json, OUT/report.md, "
+        "OUT/figure.png, OUT/negatives.png and the checkpoints OUT/runs/{htf,lvs}/last.pt. --study runs the "
+        "flow-prior study instead.",
     )
     parser.add_argument("--out", default="hearflow-demo", metavar="DIR", help="output folder (default hearflow-demo)")
     parser.add_argument("--quick", action="store_true", help="a small, faster version (fewer clips), as CI runs it")

@@ -22,6 +22,10 @@ def add_train(commands) -> None:
                         "(streamed: shards split over processes and loader workers, --set train.shuffle_buffer=N)")
     parser.add_argument("--train-ids", metavar="FILE",
                         help="text file of sample ids (one per line) to train on, e.g. a 10k subset list")
+    parser.add_argument("--train-labels", metavar="JSON",
+                        help="VGG-SS-style annotations naming each training sample's class (hearflow synth's also "
+                        "list the classes in the frame), so off-screen negatives (--set objective.audio_negatives="
+                        "silence,noise,offscreen) are sounds of a class not in the frame; without it, any other clip")
     parser.add_argument("--val", metavar="DIR", help="prepared validation folder, scored after every epoch")
     parser.add_argument("--val-annotations", metavar="PATH",
                         help="validation annotations: VGG-SS-style JSON file or folder of Flickr XML files")
@@ -65,7 +69,8 @@ def _run_train(args) -> int:
     base = run_config(args.resume) if args.resume else None
     config = resolve(args.preset, args.config, args.set, config_flags(args), base=base)
     train(config, args.train, run_dir, val_dir=args.val, val_annotations=args.val_annotations,
-          train_ids=args.train_ids, device=args.device, resume=bool(args.resume), pretrained=args.pretrained,
+          train_ids=args.train_ids, train_labels=args.train_labels, device=args.device, resume=bool(args.resume),
+          pretrained=args.pretrained,
           deterministic=args.deterministic, skip_missing=args.skip_missing)
     return 0
 
@@ -96,6 +101,14 @@ def add_evaluate(commands) -> None:
                         help="leave out (and count) samples whose prepared files are missing instead of stopping")
     parser.add_argument("--flow-fusion", type=float, metavar="ALPHA",
                         help="late fusion: scale maps by 1 + ALPHA * flow magnitude (default: the checkpoint's, 0)")
+    parser.add_argument("--negatives", metavar="KINDS", default="",
+                        help="also score every sample with a source with negative audio: comma-separated silence "
+                        "(zeros), noise (white, -20 dBFS), offscreen (another clip's sound of a class not in the "
+                        "frame): pIA, its AUC, the map maximum, IoU with the positive map, AUROC and max-F1 of "
+                        "'a visible object sounds', in the table and results.json's negatives section")
+    parser.add_argument("--sounding-threshold", type=float, metavar="T",
+                        help="the universal threshold of pIA and of the sounding decision, on the raw map "
+                        "(default: the one `hearflow calibrate` stored in the checkpoint, if any)")
     backend_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
@@ -108,7 +121,50 @@ def _run_evaluate(args) -> int:
              per_sample=args.per_sample, save_maps=args.save_maps, num_maps=args.num_maps,
              batch_size=args.batch_size, workers=args.workers, device=args.device,
              skip_missing=args.skip_missing, flow_fusion=args.flow_fusion, progress=not args.quiet,
-             backend=args.backend, precision=args.precision)
+             backend=args.backend, precision=args.precision, negatives=args.negatives,
+             sounding_threshold=args.sounding_threshold)
+    return 0
+
+
+def add_calibrate(commands) -> None:
+    parser = commands.add_parser(
+        "calibrate",
+        help="choose and store a checkpoint's 'a visible object sounds' threshold on a validation set",
+        description="Score a validation set's samples with a source with their own audio (positives) and "
+        "with negative audio (--negatives), plus its samples without a visible source, and store in the "
+        "checkpoint the threshold on the confidence (the raw map's peak at 224 x 224) with the largest "
+        "detection F1. `hearflow localize` then writes \"sounding\" per step and fades the overlay where it "
+        "is false; `hearflow evaluate --negatives` uses it as pIA's universal threshold. Use a validation "
+        "set, not the test set.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="hearflow .pt (rewritten in place unless --out) "
+                        "or released .pth/.ckpt (needs --out)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="prepared validation folder")
+    parser.add_argument("--annotations", required=True, metavar="PATH",
+                        help="VGG-SS-style JSON file, or folder of Flickr SoundNet XML files")
+    parser.add_argument("--negatives", metavar="KINDS", default="silence,noise,offscreen",
+                        help="negative audio to calibrate against, comma-separated from silence, noise, offscreen "
+                        "(default: all three; '' uses only the set's no-source samples)")
+    parser.add_argument("--out", metavar="FILE", help="write the calibrated checkpoint here instead of in place")
+    parser.add_argument("--benchmark", choices=("auto", "flickr", "vggss"), default="auto",
+                        help="check that the annotations are of this benchmark (auto: take what they are)")
+    parser.add_argument("--batch-size", type=int, default=32, help="inference batch size (default 32)")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="leave out samples whose prepared files are missing instead of stopping")
+    parser.add_argument("--flow-fusion", type=float, metavar="ALPHA", help="the late fusion the threshold is for, "
+                        "recorded with it (default: the checkpoint's, 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    from hearflow.calibrate import calibrate
+
+    calibrate(args.checkpoint, args.data, args.annotations, negatives=args.negatives, out=args.out,
+              benchmark=args.benchmark, batch_size=args.batch_size, workers=args.workers, device=args.device,
+              skip_missing=args.skip_missing, flow_fusion=args.flow_fusion, progress=not args.quiet)
     return 0
 
 

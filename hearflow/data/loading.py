@@ -5,6 +5,9 @@
 - shards (`hearflow pack`): `ShardStream`, shards split over processes and loader
   workers with a seeded shuffle buffer (`hearflow.data.streaming`).
 
+With ``objective.audio_negatives`` (a prepared folder and CPU inputs only) each item also
+holds a negative spectrogram (`hearflow.data.negatives.TrainingNegatives`).
+
 With ``train.gpu_inputs`` the loader's items are bytes and crops
 (`hearflow.data.device_inputs`) and `TrainingData.inputs` makes the tensors on the
 training device; otherwise the items are the tensors and `inputs` moves them there.
@@ -21,8 +24,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from hearflow.config import Config
 from hearflow.data.dataset import PreparedDataset
 from hearflow.data.device_inputs import collate_encoded, device_inputs
+from hearflow.data.negatives import ClipLabels, TrainingNegatives
 from hearflow.data.shards import open_prepared
 from hearflow.data.streaming import ShardStream
+from hearflow.errors import HearflowError
 
 
 class TrainingData:
@@ -33,13 +38,20 @@ class TrainingData:
     """
 
     def __init__(self, path: str | Path, config: Config, ids: Iterable[str] | None, skip_missing: bool,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, labels: dict[str, ClipLabels] | None = None) -> None:
         self.config = config
         self.rank, self.world_size = rank, world_size
         self.gpu_inputs = config.train.gpu_inputs
         self.dataset = PreparedDataset(open_prepared(path), config, train=True, ids=ids, skip_missing=skip_missing,
                                        encoded=self.gpu_inputs)
-        self.streaming = self.dataset.folder.layout == "shards"
+        self.folder = self.dataset.folder
+        self.streaming = self.folder.layout == "shards"
+        if config.objective.audio_negatives:
+            if self.streaming or self.gpu_inputs:
+                raise HearflowError(
+                    "objective.audio_negatives needs a prepared folder and CPU inputs: it is not available with "
+                    "shards or train.gpu_inputs (train on the prepared folder the shards were packed from)")
+            self.dataset = TrainingNegatives(self.dataset, config.objective.audio_negatives, labels)
         self.sampler = None if self.streaming else DistributedSampler(
             self.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.train.seed)
 
@@ -50,7 +62,7 @@ class TrainingData:
         """The DataLoader of ``epoch``: ``local_batch`` samples per batch, whole batches only."""
         collate = collate_encoded if self.gpu_inputs else None
         if self.streaming:
-            stream = ShardStream(self.dataset.folder, self.config, self.dataset.ids, self.rank, self.world_size,
+            stream = ShardStream(self.folder, self.config, self.dataset.ids, self.rank, self.world_size,
                                  local_batch, encoded=self.gpu_inputs)
             stream.set_epoch(epoch)
             return DataLoader(stream, batch_size=local_batch, num_workers=workers, pin_memory=pin_memory,
@@ -59,6 +71,11 @@ class TrainingData:
         self.dataset.set_epoch(epoch)
         return DataLoader(self.dataset, batch_size=local_batch, sampler=self.sampler, num_workers=workers,
                           pin_memory=pin_memory, drop_last=True, collate_fn=collate)
+
+    def negative_spectrogram(self, batch: dict, device: torch.device) -> torch.Tensor | None:
+        """The batch's negative spectrograms (B x 1 x F x T) on ``device``, or None without negatives."""
+        negative = batch.get("negative_spectrogram")
+        return None if negative is None else negative.to(device, non_blocking=True)
 
     def inputs(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image, flow, spectrogram) of a batch of `loader`, on ``device``."""

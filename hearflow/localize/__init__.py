@@ -15,8 +15,13 @@ frame's timestamp, and returns a similarity map (``h x w`` cosines). From that m
   8-connected region of heatmap pixels >= ``BOX_THRESHOLD`` (0.6 of the way from the
   map's lowest to its highest value) that contains the peak; pixel edges, so it covers
   the pixels ``x0 <= x < x1``, ``y0 <= y < y1``;
-- ``confidence``: the highest value of the raw similarity map (a cosine, the same
-  per-sample confidence the AP / max-F1 metrics use).
+- ``confidence``: the highest value of the raw similarity map upsampled to the
+  protocol's 224 x 224 (a cosine, not normalised: `hearflow.negatives.map_max`, the
+  same per-sample confidence evaluate's CSV, AP / max-F1 and calibration use);
+- ``sounding``: ``confidence > sounding_threshold``, the calibrated decision that a
+  visible object makes the sound (``hearflow calibrate`` stores the threshold in the
+  checkpoint); None for an uncalibrated checkpoint. The overlay fades the heatmap
+  where it is False.
 
 Pixel coordinates are in the video's display orientation (rotated phone videos
 come out upright). Inputs are made by the one preprocessing path of training and

@@ -39,6 +39,8 @@ class Localizer:
     device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``; batch_size: steps
     per forward pass; flow_fusion: late fusion, maps scaled by 1 + alpha * flow
     magnitude (None: 0, or the checkpoint's recorded default with `from_checkpoint`);
+    sounding_threshold: steps are ``sounding`` when their confidence is above it (None:
+    uncalibrated, ``sounding`` is None; `from_checkpoint`: the checkpoint's calibrated one);
     checkpoint: the file the model came from, recorded in the JSON output
     (`from_checkpoint` sets it);
     input_threads: threads that make the model inputs of a video's steps (flow,
@@ -61,12 +63,13 @@ class Localizer:
         input_threads: int | None = None,
         backend: str = "auto",
         precision: str = "float32",
+        sounding_threshold: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise HearflowError(f"batch size must be at least 1, got {batch_size}")
         if input_threads is not None and input_threads < 1:
             raise HearflowError(f"input threads must be at least 1, got {input_threads}")
-        self.options = InferenceOptions().with_arguments(flow_fusion=flow_fusion)
+        self.options = InferenceOptions().with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold)
         self.device = resolve_device(device)
         if input_threads is None:
             input_threads = max(1, (os.cpu_count() or 1) - 1) if self.device.type == "cuda" else 1
@@ -81,7 +84,8 @@ class Localizer:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", flow_fusion: float | None = None, **options
+        cls, path: str | Path, device: str = "auto", flow_fusion: float | None = None,
+        sounding_threshold: float | None = None, **options
     ) -> "Localizer":
         """A Localizer for a hearflow or released checkpoint (see `hearflow.load`); inference
         options left as None take the checkpoint's recorded defaults."""
@@ -89,8 +93,9 @@ class Localizer:
 
         raw = load_checkpoint(path, map_location="cpu")
         model, recorded = model_from_checkpoint(raw, path, map_location="cpu")
-        chosen = recorded.with_arguments(flow_fusion=flow_fusion)
-        localizer = cls(model, device=device, checkpoint=str(path), flow_fusion=chosen.flow_fusion, **options)
+        chosen = recorded.with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold)
+        localizer = cls(model, device=device, checkpoint=str(path), flow_fusion=chosen.flow_fusion,
+                        sounding_threshold=chosen.sounding_threshold, **options)
         localizer.trained_on_synthetic = trained_on_synthetic(raw)
         return localizer
 
@@ -143,7 +148,7 @@ class Localizer:
         if audio.ndim != 1:
             raise HearflowError(f"audio must be mono, shape (n,), got {audio.shape}")
         similarity = self.similarity([self.inputs([frame, next_frame], 0, audio, int(sample_rate))])[0]
-        return make_step(similarity, frame.shape[1], frame.shape[0], None, None)
+        return make_step(similarity, frame.shape[1], frame.shape[0], None, None, self.options.sounding_threshold)
 
     def localize(
         self,

@@ -18,7 +18,7 @@ from hearflow.localize.localizer import DEFAULT_BATCH_SIZE, Localizer
 from hearflow.localize.steps import LocalizationStep, check_step_options
 from hearflow.localize.stream import FrameReady, StepReady, VideoRun
 from hearflow.media.encode import VideoWriter, mux_audio
-from hearflow.overlay import draw_box, draw_marker, overlay_heatmap
+from hearflow.overlay import draw_box, draw_marker, overlay_heatmap, step_alpha
 
 
 class _StepsJson:
@@ -92,10 +92,12 @@ def localize_video(
     (a `LocalizedVideo`: a dict of paths with the run's counts).
 
     ``{stem}.json``: ``{"video", "fps", "width", "height", "checkpoint", "steps": [{"time_s",
-    "frame", "peak_xy", "box", "confidence"}]}``; with `video`, ``{stem}.overlay.mp4``: every
-    frame at the original size and frame rate with the latest step's heatmap blended on
-    (held until the next step), the original audio muxed back (H.264 + AAC); with `png`,
-    ``{stem}.steps/{frame:06d}.png``: each step's frame with its heatmap, box and peak.
+    "frame", "peak_xy", "box", "confidence", "sounding"}]}``; with `video`,
+    ``{stem}.overlay.mp4``: every frame at the original size and frame rate with the
+    latest step's heatmap blended on (held until the next step; faded, `step_alpha`,
+    where the calibrated decision says no visible object sounds), the original audio
+    muxed back (H.264 + AAC); with `png`, ``{stem}.steps/{frame:06d}.png``: each step's
+    frame with its heatmap, box and peak (the faded heatmap alone when not sounding).
     progress: a bar of frames (with frames/s) on stderr.
     """
     started = time.perf_counter()
@@ -139,12 +141,15 @@ def localize_video(
 
 
 def _write_frame(event: FrameReady, writer: VideoWriter | None, stills: Path | None) -> None:
-    """One frame with its step's heatmap into the overlay video and, at a step's own frame, a still."""
+    """One frame with its step's heatmap into the overlay video (faded where nothing visible sounds)
+    and, at a step's own frame, a still."""
     step = event.step
-    blended = overlay_heatmap(event.frame, step.heatmap)
+    blended = overlay_heatmap(event.frame, step.heatmap, step_alpha(step.sounding))
     if writer is not None:
         writer.write(blended)
-    if stills is not None and event.index == step.frame:
+    if stills is not None and event.index == step.frame and step.sounding is False:
+        write_png(stills / f"{event.index:06d}.png", blended)  # nothing visible sounds: no box, no peak
+    elif stills is not None and event.index == step.frame:
         x0, y0, x1, y1 = step.box
         still = draw_marker(draw_box(blended, (x0, y0, x1 - 1, y1 - 1)), step.peak_xy)
         write_png(stills / f"{event.index:06d}.png", still)
@@ -186,6 +191,7 @@ def localize_videos(
     backend: str = "auto",
     precision: str = "float32",
     quiet: bool = False,
+    sounding_threshold: float | None = None,
 ) -> list[LocalizedVideo]:
     """`hearflow localize`: `localize_video` for each input (files, or folders of videos) with one model.
 
@@ -198,7 +204,8 @@ def localize_videos(
     check_step_options(every, key_frame_only)
     videos = video_inputs(videos)
     localizer = Localizer.from_checkpoint(checkpoint, device, batch_size=batch_size, flow_fusion=flow_fusion,
-                                          input_threads=input_threads, backend=backend, precision=precision)
+                                          input_threads=input_threads, backend=backend, precision=precision,
+                                          sounding_threshold=sounding_threshold)
     if localizer.trained_on_synthetic:
         print("hearflow: note: " + SYNTHETIC_NOTE.format(checkpoint=checkpoint), file=sys.stderr)
     written, failed, stems = [], [], {}

@@ -3,8 +3,9 @@
 ``heatmap``: the map upsampled to the frame's size and min-max normalised exactly as
 the benchmark metric sees it (`hearflow.metrics.heatmap`); ``peak_xy``: the centre of
 the map's highest cell; ``box``: the connected region around the peak at or above
-`BOX_THRESHOLD`; ``confidence``: the raw map's peak. See `hearflow.localize` for the
-exact rules.
+`BOX_THRESHOLD`; ``confidence``: the raw map's peak as the metric sees it
+(`hearflow.negatives.map_max`); ``sounding``: ``confidence > sounding_threshold`` (None
+without a calibrated threshold). See `hearflow.localize` for the exact rules.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from hearflow.errors import HearflowError, option
 from hearflow.metrics import heatmap
+from hearflow.negatives import map_max
 
 # Heatmap level (after min-max normalisation) that bounds the box: of 0.5 to 0.9, the
 # level whose box best overlapped the sounding object's on the demo's test clips, for
@@ -31,7 +33,9 @@ class LocalizationStep:
     index (0-based, presentation order); both None for `Localizer.localize_arrays`.
     similarity: float32 h x w raw cosine map; heatmap: float32 H x W in [0, 1] at the
     frame's size; peak_xy: (x, y); box: (x0, y0, x1, y1) pixel edges; confidence:
-    the peak of ``similarity``. See the module docstring for the exact rules.
+    `hearflow.negatives.map_max` of ``similarity``; sounding: whether a visible object
+    makes the sound (``confidence > sounding_threshold``), None when uncalibrated. See
+    the module docstring for the exact rules.
     """
 
     time_s: float | None
@@ -41,15 +45,17 @@ class LocalizationStep:
     peak_xy: tuple[int, int]
     box: tuple[int, int, int, int]
     confidence: float
+    sounding: bool | None = None
 
     def to_dict(self) -> dict:
-        """The step as written in ``{stem}.json``: time_s, frame, peak_xy, box, confidence."""
+        """The step as written in ``{stem}.json``: time_s, frame, peak_xy, box, confidence, sounding."""
         return {
             "time_s": None if self.time_s is None else round(float(self.time_s), 6),
             "frame": self.frame,
             "peak_xy": [int(v) for v in self.peak_xy],
             "box": [int(v) for v in self.box],
             "confidence": round(float(self.confidence), 6),
+            "sounding": self.sounding,
         }
 
 
@@ -84,13 +90,16 @@ def peak_and_box(heatmap: np.ndarray, threshold: float = BOX_THRESHOLD) -> tuple
     return (int(x), int(y)), region_box(heatmap, (int(x), int(y)), threshold)
 
 
-def make_step(similarity: np.ndarray, width: int, height: int, time_s: float | None, frame: int | None) -> LocalizationStep:
+def make_step(similarity: np.ndarray, width: int, height: int, time_s: float | None, frame: int | None,
+              sounding_threshold: float | None = None) -> LocalizationStep:
     """A `LocalizationStep` from one h x w similarity map, for a frame of ``width x height`` pixels:
-    peak_xy from `map_peak`, box from `region_box` around it."""
+    peak_xy from `map_peak`, box from `region_box` around it; sounding_threshold: the calibrated
+    decision's threshold (None: ``sounding`` is None)."""
     full = heatmap(similarity, width, height)
     peak_xy = map_peak(similarity, width, height)
-    return LocalizationStep(time_s, frame, similarity, full, peak_xy, region_box(full, peak_xy),
-                            float(np.max(similarity)))
+    confidence = float(map_max(similarity[None])[0])
+    sounding = None if sounding_threshold is None else bool(confidence > sounding_threshold)
+    return LocalizationStep(time_s, frame, similarity, full, peak_xy, region_box(full, peak_xy), confidence, sounding)
 
 
 def check_step_options(every: float | None, key_frame_only: bool) -> None:

@@ -190,7 +190,8 @@ class VideoRun:
         batch = [inputs.result() if isinstance(inputs, Future) else inputs for _, _, inputs in prepared]
         maps = self.localizer.similarity(batch)
         width, height = self.info.width, self.info.height
-        return [make_step(m, width, height, t, i) for (i, t, _), m in zip(prepared, maps)]
+        threshold = self.localizer.options.sounding_threshold
+        return [make_step(m, width, height, t, i, threshold) for (i, t, _), m in zip(prepared, maps)]
 
 
 def _in_background(items: Iterator, depth: int = 1) -> Iterator:

@@ -12,8 +12,10 @@ Outputs of `synthesize(out_dir, clips, seed)`:
 
 - ``videos/{id}.mp4`` with ids ``synth{seed}_{index:05d}``;
 - ``annotations.json`` in the VGG-SS format: a list of ``{"file": id, "class": name,
-  "bbox": [[x0, y0, x1, y1]]}``, the sounding object's box on the key frame
-  (normalised to [0, 1]), ``[]`` when no visible object sounds;
+  "bbox": [[x0, y0, x1, y1]], "visible_classes": [...]}``, the sounding object's box on
+  the key frame (normalised to [0, 1]), ``[]`` when no visible object sounds; ``class``
+  is the class heard (``silence`` for a silent clip) and ``visible_classes`` every
+  object's class, so off-screen negatives can avoid them (`hearflow.data.negatives`);
 - ``clips.json``: per clip, what an evaluation needs to break results down (every
   object's key-frame box, class, motion; twin and no-source flags);
 - ``synth.json``: the seed and settings that made the folder.
@@ -78,6 +80,7 @@ def annotation_record(record: dict[str, Any]) -> dict[str, Any]:
         "file": record["id"],
         "class": record["sound_class"] or "silence",
         "bbox": [] if sounding is None else [record["objects"][sounding]["box"]],
+        "visible_classes": sorted({obj["class"] for obj in record["objects"]}),
     }
 
 

@@ -1,7 +1,8 @@
 """`hearflow demo`: the whole method end to end on synthetic videos, on a CPU in minutes.
 
-1. ``synth``: a training set and a test set of synthetic sounding-objects videos
-   (`hearflow.synthetic.clips`, different seeds, so no clip is in both);
+1. ``synth``: a training set, a test set (plus clips in which no visible object
+   sounds) and a small validation set of synthetic sounding-objects videos
+   (`hearflow.synthetic.clips`, different seeds, so no clip is in two);
 2. ``prepare``: both sets through the real `hearflow prepare` stage (key frame,
    optical flow, audio window);
 3. ``train``: HTF and the LVS baseline with the CPU configurations ``demo-htf`` and
@@ -9,9 +10,11 @@
    inputs, 8 x 8 maps, nothing pre-trained, vision trained);
 4. ``evaluate``: both checkpoints and three training-free baselines (centre box,
    flow magnitude, late fusion) with `hearflow.scoring` (`hearflow.synthetic.lab`);
-5. ``report``: ``OUT/report.json``, ``OUT/report.md`` and ``OUT/figure.png``
-   (`hearflow.synthetic.report`); the checkpoints stay at
-   ``OUT/runs/{htf,lvs}/last.pt`` for `hearflow evaluate` and `hearflow localize`.
+   both checkpoints calibrated on the validation set and scored with negative audio
+   (silence, noise, off-screen sounds; `hearflow.negatives`);
+5. ``report``: ``OUT/report.json``, ``OUT/report.md``, ``OUT/figure.png`` and
+   ``OUT/negatives.png`` (`hearflow.synthetic.report`); the calibrated checkpoints
+   stay at ``OUT/runs/{htf,lvs}/last.pt`` for `hearflow evaluate` and `hearflow localize`.
 """
 
 from __future__ import annotations
@@ -35,11 +38,18 @@ from hearflow.synthetic.lab import (
     DemoSize,
     make_data,
     method_metrics,
+    negative_evaluation,
     predict_method,
     train_model,
 )
 from hearflow.synthetic.presets import demo_config
-from hearflow.synthetic.report import format_table, report_markdown, write_figure
+from hearflow.synthetic.report import (
+    format_negatives_table,
+    format_table,
+    report_markdown,
+    write_figure,
+    write_negatives_figure,
+)
 
 PRESETS = {HTF: "demo-htf", LVS: "demo-lvs"}
 
@@ -82,7 +92,8 @@ def run_demo(
         name: demo_config(PRESETS[name], **{"train.seed": seed, "train.epochs": size.epochs, "train.workers": LOADER_WORKERS})
         for name in (HTF, LVS)
     }
-    data = make_data(out, size.train_clips, size.test_clips, seed, configs[LVS], workers=workers, progress=progress)
+    data = make_data(out, size.train_clips, size.test_clips, seed, configs[LVS], workers=workers, progress=progress,
+                     no_source_clips=size.no_source_clips, validation_clips=size.validation_clips)
     timings["synth + prepare"] = stages.finish()
 
     checkpoints = {}
@@ -95,19 +106,24 @@ def run_demo(
     maps = {name: predict_method(name, checkpoints.get(name, checkpoints[LVS]), data, configs.get(name, configs[LVS]),
                                  progress) for name in METHODS}
     methods = {name: method_metrics(maps[name], data) for name in METHODS}
+    negatives = {name: negative_evaluation(checkpoints[name], maps[name], data, progress) for name in (HTF, LVS)}
     timings["evaluate"] = stages.finish()
 
     report = {
         "methods": methods,
+        "negatives": {name: {"calibration": result.calibration, **result.section} for name, result in negatives.items()},
         "train_clips": data.train_count,
         "test_clips": len(data.test_clips),
+        "no_source_test_clips": sum(record["sounding"] is None for record in data.test_clips.values()),
         "seconds": round(stages.elapsed(), 1),
         "seed": seed,
     }
     write_json(out / "report.json", report)
     write_figure(out / "figure.png", data, maps)
+    write_negatives_figure(out / "negatives.png", data, negatives)
     write_text(out / "report.md", report_markdown(report, timings, checkpoints, quick, out, next(iter(data.test_clips))))
     print(format_table(methods))
+    print(format_negatives_table(report["negatives"]))
     print(f"report: {out / 'report.md'} ({report['seconds']:.0f} s)")
     return report
 
@@ -118,15 +134,18 @@ class Stages:
 
     def __init__(self, size: DemoSize, quick: bool) -> None:
         clip_epochs = size.train_clips * size.epochs
+        test_clips = size.test_clips + size.no_source_clips
         self.plan = {  # stage -> (header, planned seconds)
-            "synth + prepare": (f"synth and prepare {size.train_clips} training and {size.test_clips} test clips",
-                                (size.train_clips + size.test_clips) * SECONDS_PER_CLIP),
+            "synth + prepare": (f"synth and prepare {size.train_clips} training, {test_clips} test and "
+                                f"{size.validation_clips} validation clips",
+                                (size.train_clips + test_clips + size.validation_clips) * SECONDS_PER_CLIP),
             f"train {HTF}": (f"training HTF (1 of 2): {PRESETS[HTF]}, {size.epochs} epochs of {size.train_clips} clips",
                              clip_epochs * SECONDS_PER_CLIP_EPOCH[HTF]),
             f"train {LVS}": (f"training LVS (2 of 2): {PRESETS[LVS]}, {size.epochs} epochs of {size.train_clips} clips",
                              clip_epochs * SECONDS_PER_CLIP_EPOCH[LVS]),
-            "evaluate": (f"evaluating HTF, LVS and 3 training-free baselines on {size.test_clips} test clips",
-                         size.test_clips * SECONDS_PER_TEST_CLIP),
+            "evaluate": (f"evaluating HTF, LVS and 3 training-free baselines on {test_clips} test clips, "
+                         "calibrating both and scoring them with negative audio",
+                         (test_clips + size.validation_clips) * SECONDS_PER_TEST_CLIP * 4),
         }
         self.begun = time.monotonic()
         self.clock = self.begun
@@ -164,7 +183,7 @@ STAGE_LINES = (
     "2/5 prepare   key frame, optical flow to the next frame and 3 s of audio per clip (`hearflow prepare`)",
     "3/5 train     HTF, the flow-prior model (`hearflow train`)",
     "4/5 train     LVS, the same model without the flow prior",
-    "5/5 evaluate  both and three training-free baselines on the test clips; then OUT/report.md",
+    "5/5 evaluate  both and three training-free baselines on the test clips, with negative audio; then OUT/report.md",
 )
 
 

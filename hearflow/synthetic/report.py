@@ -1,4 +1,4 @@
-"""The demo's outputs for people: the console table, report.md and the figure."""
+"""The demo's outputs for people: the console tables, report.md and the figures."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 from hearflow.data.prepared import PreparedFolder
 from hearflow.io import write_png
 from hearflow.metrics import heatmap
-from hearflow.overlay import draw_box, heatmap_scale, overlay_heatmap
+from hearflow.negatives import format_negatives, map_max
+from hearflow.overlay import draw_box, heatmap_scale, overlay_heatmap, step_alpha
 from hearflow.synthetic.lab import (
     CENTER,
     FLOW_ONLY,
@@ -112,10 +113,13 @@ def report_markdown(
 ) -> str:
     """report.md: what ran, the table (overall and per subset), the figure, how to reuse the checkpoints."""
     command = f"hearflow demo --out {out}{' --quick' if quick else ''} --seed {report['seed']}"
+    annotations = out / "synth" / ("test-annotations.json" if report["no_source_test_clips"] else "test/annotations.json")
     lines = [
         "# hearflow demo",
         "",
-        f"`{command}`: {report['train_clips']} synthetic training clips, {report['test_clips']} test clips, "
+        f"`{command}`: {report['train_clips']} synthetic training clips, {report['test_clips']} test clips "
+        f"({report['no_source_test_clips']} without a visible source, which count only in AP / max-F1 and the "
+        "negative-audio table), "
         f"{report['seconds']:.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}).",
         "",
         "| method | cIoU@0.5 | AUC | mean cIoU | pick rate |",
@@ -149,13 +153,14 @@ def report_markdown(
         "bottom gives the heatmap colours, from each map's minimum (0) to its maximum (1), blended half "
         "onto the frame.",
         "",
+        *negatives_markdown(report["negatives"], report["no_source_test_clips"]),
         "Checkpoints (usable as they are):",
         "",
         "```bash",
         f"hearflow evaluate --checkpoint {checkpoints[HTF]} --data {out / 'prepared' / 'test'} "
-        f"--annotations {out / 'synth' / 'test' / 'annotations.json'}",
+        f"--annotations {annotations} --negatives silence,noise,offscreen",
         f"hearflow evaluate --checkpoint {checkpoints[LVS]} --flow-fusion {LATE_FUSION_ALPHA} "
-        f"--data {out / 'prepared' / 'test'} --annotations {out / 'synth' / 'test' / 'annotations.json'}",
+        f"--data {out / 'prepared' / 'test'} --annotations {annotations}",
         f"hearflow localize {out / 'synth' / 'test' / 'videos'}/{example_id}.mp4 "
         f"--checkpoint {checkpoints[HTF]} --out {out / 'localize'}",
         "```",
@@ -219,6 +224,93 @@ def _scale_strip(width: int, height: int = 44, left: int = 110) -> np.ndarray:
     for text, x in (("0: the map's minimum", bar_left), ("1: its maximum", bar_right - 110)):
         cv2.putText(strip, text, (x, 36), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     return strip
+
+
+NEGATIVE_ROWS = (("own", "its sound"), ("silence", "silence"), ("offscreen", "off-screen sound"))
+
+
+def format_negatives_table(negatives: dict[str, dict[str, Any]]) -> str:
+    """The printed negative-audio tables, one per calibrated method (`hearflow.negatives.format_negatives`)."""
+    parts = []
+    for name, entry in negatives.items():
+        threshold = entry["calibration"]["threshold"]
+        section = {kind: value for kind, value in entry.items() if kind != "calibration"}
+        parts.append(f"{METHOD_LABELS[name]}:\n" + format_negatives(
+            section, f"universal threshold t = {threshold:.4f}, calibrated on the validation set"))
+    return "\n".join(parts)
+
+
+def negatives_markdown(negatives: dict[str, dict[str, Any]], no_source_clips: int) -> list[str]:
+    """report.md's negative-audio section: the table per method and kind, what it means, the figure."""
+    thresholds = ", ".join(f"{METHOD_LABELS[name]} t = {entry['calibration']['threshold']:.3f}"
+                           for name, entry in negatives.items())
+    lines = [
+        "## Negative audio: does the map go dark when nothing visible sounds?",
+        "",
+        "Every test clip with a source is scored again with silence, white noise (-20 dBFS) and an off-screen "
+        f"sound (another test clip's, of a class not in the frame); the {no_source_clips} clips without a visible "
+        "source count with their own audio (`no_source`). The confidence is the raw map's maximum at 224 x 224; "
+        "the universal threshold t of pIA and of the decision was calibrated on the validation set (`hearflow "
+        f"calibrate`, largest detection F1): {thresholds}.",
+        "",
+        "| method | audio | n | map max: mean [q25, q75] | pIA | pIA AUC | IoU with own | AUROC | max-F1 | F1 at t |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in negatives.items():
+        for kind, values in entry.items():
+            if kind in ("calibration", "all"):
+                continue
+            spread = values["map_max"]
+            cells = [f"{spread['mean']:.3f} [{spread['q25']:.3f}, {spread['q75']:.3f}]"]
+            cells += [_number(values.get(key)) for key in ("pia", "pia_auc", "iou_median", "auroc", "max_f1",
+                                                           "detection_f1")]
+            lines.append(f"| {METHOD_LABELS[name]} | {kind} | {values['n']} | " + " | ".join(cells) + " |")
+        pooled = entry["all"]
+        lines.append(f"| {METHOD_LABELS[name]} | all negatives | {pooled['n']} | | | | | {_number(pooled['auroc'])} | "
+                     f"{_number(pooled['max_f1'])} | {_number(pooled.get('detection_f1'))} |")
+    lines += [
+        "",
+        "pIA: share of the image above t; pIA AUC: area under the share of clips with pIA <= x (1: every map "
+        "dark); IoU with own: overlap of the map with the same image's map with its own sound, both binarised at "
+        "their median (1: the audio changed nothing); AUROC and F1 at t: separating clips with their own sound "
+        "from these negatives by the confidence; max-F1: SLAVC's, a detection counts only where cIoU >= 0.5.",
+        "",
+        "![the same images with their sound, silence and an off-screen sound](negatives.png)",
+        "",
+        "Figure: the figure's clips; per method, the heatmap with the clip's own sound, with silence and with an "
+        "off-screen sound, faded where the calibrated decision says no visible object sounds; each cell gives "
+        "the confidence.",
+        "",
+    ]
+    return lines
+
+
+def write_negatives_figure(path: Path, data: DemoData, negatives: dict[str, Any]) -> None:
+    """One column per figure clip: the frame with its box, then per method (`NegativeEvaluation`)
+    its own sound, silence and an off-screen sound, drawn as `hearflow localize` draws them."""
+    folder = PreparedFolder(data.test_dir)
+    columns = []
+    for sample_id in figure_ids(data.test_clips):
+        record = data.test_clips[sample_id]
+        frame = cv2.resize(folder.read(sample_id).frame, (FIGURE_CELL, FIGURE_CELL), interpolation=cv2.INTER_AREA)
+        box = [v * FIGURE_CELL for v in record["objects"][record["sounding"]]["box"]]
+        cells = [draw_box(frame, box)]
+        for result in negatives.values():
+            row = result.maps.ids.index(sample_id)
+            threshold = result.calibration["threshold"]
+            for kind, _ in NEGATIVE_ROWS:
+                similarity = result.maps.positive[row] if kind == "own" else result.maps.negatives[kind][row]
+                confidence = float(map_max(similarity[None])[0])
+                sounding = confidence > threshold
+                cell = overlay_heatmap(frame, heatmap(similarity, FIGURE_CELL, FIGURE_CELL), step_alpha(sounding))
+                cv2.putText(cell, f"{confidence:.2f} {'sounds' if sounding else 'silent'}", (4, FIGURE_CELL - 6),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+                cells.append(cell)
+        columns.append(np.concatenate(cells, axis=0))
+    names = ["frame + box"] + [f"{METHOD_LABELS[name].split()[0]}, {label}" for name in negatives
+                               for _, label in NEGATIVE_ROWS]
+    legend = np.concatenate([_label(name, 150, FIGURE_CELL) for name in names], axis=0)
+    write_png(path, np.concatenate([legend, *columns], axis=1))
 
 
 def _label(text: str, width: int, height: int = 24) -> np.ndarray:
