@@ -53,22 +53,16 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score ``checkpoint`` (hearflow's or a released one) on a prepared, annotated test set.
 
-    Prints a table and returns the results dict (the content of ``out``): ``n``,
-    ``ciou_at_0_5``, ``auc``, ``mean_ciou`` (+ ``n_no_source``, ``ap``, ``max_f1`` when
-    the set has no-source samples), the inference options used and the counts of
-    samples left out. per_sample: a CSV ``id,ciou,confidence``; save_maps: overlays of the
-    ``num_maps`` best and worst samples; flow_fusion: late fusion (None: the checkpoint's
-    default, 0); negatives: kinds of negative audio (``"silence,noise,offscreen"``) to
-    score the samples with a source with as well (``results["negatives"]``,
-    `hearflow.negatives.negative_results`); sounding_threshold: the universal threshold
-    of pIA and of the decision (None: the checkpoint's calibrated one, if any);
-    backend, precision: what runs the model (`hearflow.backends.make_backend`).
+    Prints a table and returns the results dict (``out``): ``n``, ``ciou_at_0_5``, ``auc``,
+    ``mean_ciou`` (+ ``n_no_source``, ``ap``, ``max_f1`` with no-source samples), the options
+    used and the counts of samples left out. per_sample: ``id,ciou,confidence`` CSV;
+    save_maps: overlays of the ``num_maps`` best and worst; flow_fusion: late fusion (None:
+    the checkpoint's default); negatives: kinds of negative audio (``"silence,noise,offscreen"``)
+    scored too (``results["negatives"]``); sounding_threshold: pIA's universal threshold
+    (None: the checkpoint's calibrated one); backend, precision: `hearflow.backends.make_backend`.
     """
     kinds = negative_kinds(negatives)
-    if batch_size < 1 or num_maps < 0 or workers < 0:
-        raise HearflowError(f"{option('--batch-size', 'batch_size')} must be positive, "
-                            f"{option('--num-maps', 'num_maps')} and {option('--workers', 'workers')} not negative; "
-                            f"got {batch_size}, {num_maps} and {workers}")
+    _check_arguments(batch_size, num_maps, workers)
     torch_device = distributed.resolve_device(device)
     model, recorded = load_model(checkpoint, map_location=torch_device)
     options = recorded.with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold)
@@ -78,12 +72,8 @@ def evaluate(
     predictions = annotated.predict(runner, context, batch_size, workers, options.flow_fusion, progress)
     cious, results = annotated.score(predictions)
     results.update(
-        benchmark=annotated.annotations.benchmark,
-        checkpoint=str(checkpoint),
-        data=str(data),
-        flow_fusion=options.flow_fusion,
-        backend=runner.name,
-        precision=getattr(runner, "precision", "float32"),
+        benchmark=annotated.annotations.benchmark, checkpoint=str(checkpoint), data=str(data),
+        flow_fusion=options.flow_fusion, backend=runner.name, precision=getattr(runner, "precision", "float32"),
         sounding_threshold=options.sounding_threshold,
         annotated_without_sample=len(annotated.matching.annotated_without_sample),
         samples_without_annotation=len(annotated.matching.samples_without_annotation),
@@ -103,6 +93,13 @@ def evaluate(
     if save_maps is not None and num_maps:
         save_overlays(Path(save_maps), predictions, cious, annotated.annotations, annotated.dataset, num_maps)
     return results
+
+
+def _check_arguments(batch_size: int, num_maps: int, workers: int) -> None:
+    if batch_size < 1 or num_maps < 0 or workers < 0:
+        raise HearflowError(f"{option('--batch-size', 'batch_size')} must be positive, "
+                            f"{option('--num-maps', 'num_maps')} and {option('--workers', 'workers')} not negative; "
+                            f"got {batch_size}, {num_maps} and {workers}")
 
 
 def threshold_note(threshold: float | None, given: float | None) -> str:

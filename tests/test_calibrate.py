@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 
 from hearflow.calibrate import calibrate
 from hearflow.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -20,7 +20,6 @@ from hearflow.model import build_model
 from hearflow.negatives import calibration_threshold, map_max, negative_results
 from hearflow.scoring import AnnotatedSet
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 KINDS = ("silence", "noise", "offscreen")
 
 

@@ -4,6 +4,7 @@ preset with what it is, and the public API visible to completion."""
 from __future__ import annotations
 
 import argparse
+import re
 
 import hearflow
 from hearflow.cli import build_parser, main
@@ -24,7 +25,7 @@ def test_commands_are_listed_in_pipeline_order():
     assert {"synth", "prepare", "train", "evaluate", "localize", "demo", "presets"} <= set(listed)
     assert listed == sorted(listed, key=pipeline.index)
     text = parser.format_help()
-    positions = [text.index(f"    {name} ") for name in _commands(parser)]
+    positions = [re.search(rf"^ +{name}\b", text, re.M).start() for name in _commands(parser)]
     assert positions == sorted(positions)
 
 

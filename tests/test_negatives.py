@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from fixtures_train import single_thread, small_config, synth_set  # noqa: F401
+from fixtures_train import small_config, synth_set  # noqa: F401
 
 from hearflow.config import Config, negative_kinds
 from hearflow.data.dataset import PreparedDataset
@@ -39,7 +39,6 @@ from hearflow.negatives import (
     pia_auc,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --- metrics ---------------------------------------------------------------------------

@@ -145,7 +145,7 @@ class Stages:
                              clip_epochs * SECONDS_PER_CLIP_EPOCH[LVS]),
             "evaluate": (f"evaluating HTF, LVS and 3 training-free baselines on {test_clips} test clips, "
                          "calibrating both and scoring them with negative audio",
-                         (test_clips + size.validation_clips) * SECONDS_PER_TEST_CLIP * 4),
+                         (test_clips + size.validation_clips) * SECONDS_PER_TEST_CLIP),
         }
         self.begun = time.monotonic()
         self.clock = self.begun
