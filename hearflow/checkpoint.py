@@ -14,13 +14,22 @@ the released ``.pth`` (``{"model": state_dict}``) and the released Lightning
 builds the ``htf-released`` preset for them (``htf-released-maxpool`` when the
 attention key takes the 2 flow channels). Files are always read with
 ``torch.load(weights_only=True)``: nothing but tensors, plain containers and
-``argparse.Namespace`` (in Lightning hyper-parameters) is ever unpickled.
+``argparse.Namespace`` (in Lightning hyper-parameters) is ever unpickled; a file that
+holds anything else (code-bearing objects) is refused for safety.
+
+Every problem with a file is one HearflowError naming it: unreadable, damaged,
+unsafe, nested too deeply, without a config or weights, a config this version cannot
+use or build, or weights that do not fit it. The model is first built on the "meta"
+device (no memory) and its parameter shapes compared with the file's, so an absurd
+config (``model.width: 1000000``) is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +37,7 @@ import torch
 
 from hearflow.config import Config, InferenceOptions
 from hearflow.errors import HearflowError
-from hearflow.io import atomic_file
+from hearflow.io import atomic_file, storage_problem
 from hearflow.model import HTF, build_model
 
 FORMAT = "hearflow-checkpoint"
@@ -58,8 +67,17 @@ def save_checkpoint(path: str | Path, model: HTF, inference: InferenceOptions | 
         **({} if inference is None else {"inference": dataclasses.asdict(inference)}),
         **extra,
     }
-    with atomic_file(path) as file:
-        torch.save(checkpoint, file)
+    try:
+        with atomic_file(path) as file:
+            torch.save(checkpoint, file)
+    except (OSError, RuntimeError) as error:  # torch reports a full disk as RuntimeError too
+        problem = storage_problem(error) or _first_line(error)
+        try:
+            free = f"; {shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MB free on its disk"
+        except OSError:
+            free = ""
+        raise HearflowError(f"cannot write checkpoint {path}: {problem}{free} (an earlier {Path(path).name} "
+                            "is left as it was)") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -69,6 +87,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as error:
         raise HearflowError(f"cannot read checkpoint {path}: {error.strerror or error}") from error
+    except RecursionError:
+        raise HearflowError(f"cannot read checkpoint {path}: its objects are nested too deeply") from None
     except Exception as error:  # torch raises many types for unreadable or unsafe files
         raise HearflowError(f"cannot read checkpoint {path}: {_describe_read_error(error)}") from error
     if not isinstance(checkpoint, dict):
@@ -77,16 +97,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _describe_read_error(error: Exception) -> str:
-    """One line for a torch.load failure: the refused global, or the error with its type."""
+    """One line for a torch.load failure: the refused global, or the error with its type
+    (never torch's advice to load with ``weights_only=False``, which runs the file's code)."""
     text = str(error)
-    marker = "WeightsUnpickler error: "
-    if marker in text:
-        refused = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
-        if refused.startswith("Unsupported operand"):  # not a pickle at all: text, an image, a .npy, ...
-            return "not a PyTorch checkpoint (neither torch.save's zip archive nor its legacy pickle)"
-        return f"it holds objects that are not weights, refused for safety ({refused.split('. ', 1)[0]})"
-    first_line = text.strip().splitlines()[0] if text.strip() else ""
-    return f"not a PyTorch checkpoint or a damaged one ({type(error).__name__}: {first_line})"
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"the file contains code-bearing objects ({refused[1]}), refused for safety: hearflow loads "
+                "weights only, and only from checkpoints of hearflow or the released HTF code")
+    marker = "WeightsUnpickler error:"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if marker in text:  # torch's reason follows the marker, on its line or the next
+        reason = next((line for line in text.split(marker, 1)[1].splitlines() if line.strip()), "").strip()
+    else:
+        reason = lines[0] if lines and "weights_only" not in lines[0] else ""
+    if reason.startswith("Unsupported operand"):  # not a pickle at all: text, an image, a .npy, ...
+        return "not a PyTorch checkpoint (neither torch.save's zip archive nor its legacy pickle)"
+    return f"not a PyTorch checkpoint or a damaged one ({type(error).__name__}{': ' + reason if reason else ''})"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> HTF:
@@ -116,20 +147,35 @@ def model_from_checkpoint(
     """`load_model` of a checkpoint dict already read from ``path`` (named in errors)."""
     options = InferenceOptions()
     if checkpoint.get("format") == FORMAT:
-        try:
-            config = Config.from_dict(checkpoint["config"])
-            options = _recorded_options(checkpoint)
-        except HearflowError as error:
-            raise HearflowError(f"checkpoint {path} holds a config this version cannot use: {error}") from error
-        state_dict = checkpoint["state_dict"]
+        config, options = _recorded_config(path, checkpoint)
+        state_dict = checkpoint.get("state_dict")
+        if not isinstance(state_dict, dict):
+            raise HearflowError(f"checkpoint {path} holds no weights (its 'state_dict' entry is missing or not a dict)")
     else:
         state_dict = _released_state_dict(path, checkpoint)
         key_weight = state_dict.get("flowatt.key_conv.weight")
         maxpool = isinstance(key_weight, torch.Tensor) and key_weight.ndim == 4 and key_weight.shape[1] == 2
         config = Config.from_dict({"preset": "htf-released-maxpool" if maxpool else "htf-released"})
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated for a config that does not fit
+            _check_state(build_model(config=config), state_dict, path)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise HearflowError(f"checkpoint {path} holds a config hearflow cannot build: {_first_line(error)}") from None
     model = build_model(config=config)
     load_state(model, state_dict, path)
     return model.to(map_location).eval(), options
+
+
+def _recorded_config(path: str | Path, checkpoint: dict[str, Any]) -> tuple[Config, InferenceOptions]:
+    """The config and inference options a hearflow checkpoint records; HearflowError naming the problem."""
+    if "config" not in checkpoint:
+        raise HearflowError(f"checkpoint {path} has no config: it cannot say which model its weights belong to")
+    try:
+        return Config.from_dict(checkpoint["config"]), _recorded_options(checkpoint)
+    except HearflowError as error:
+        raise HearflowError(f"checkpoint {path} holds a config this version cannot use: {error}") from error
+    except RecursionError:
+        raise HearflowError(f"checkpoint {path} holds a config nested too deeply to be one") from None
 
 
 def _recorded_options(checkpoint: dict[str, Any]) -> InferenceOptions:
@@ -138,11 +184,17 @@ def _recorded_options(checkpoint: dict[str, Any]) -> InferenceOptions:
     if recorded is None:
         legacy = (checkpoint.get("config") or {}).get("model", {}).get("flow_fusion", 0.0)
         recorded = {"flow_fusion": legacy}
+    if not isinstance(recorded, dict):
+        raise HearflowError(f"its inference options are a {type(recorded).__name__}, not a mapping")
     known = {field.name for field in dataclasses.fields(InferenceOptions)}
-    unknown = sorted(set(recorded) - known)
+    unknown = sorted(map(str, set(recorded) - known))
     if unknown:
         raise HearflowError(f"unknown inference option(s) {', '.join(unknown)}")
-    return InferenceOptions(**{name: None if value is None else float(value) for name, value in recorded.items()}).validate()
+    try:
+        values = {name: None if value is None else float(value) for name, value in recorded.items()}
+    except (TypeError, ValueError):
+        raise HearflowError("its inference options are not numbers") from None
+    return InferenceOptions(**values).validate()
 
 
 def record_inference(path: str | Path, options: InferenceOptions, out: str | Path | None = None, **entries: Any) -> Path:
@@ -188,6 +240,12 @@ def _released_state_dict(path: str | Path, checkpoint: dict[str, Any]) -> dict[s
 
 def load_state(model: torch.nn.Module, state_dict: dict[str, Any], path: str | Path) -> None:
     """Load ``state_dict`` strictly; any mismatch is one HearflowError naming the keys."""
+    _check_state(model, state_dict, path)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _check_state(model: torch.nn.Module, state_dict: dict[str, Any], path: str | Path) -> None:
+    """HearflowError naming the missing, unexpected and misshapen keys of ``state_dict`` for ``model``."""
     expected = model.state_dict()
     missing = [name for name in expected if name not in state_dict]
     unexpected = [name for name in state_dict if name not in expected]
@@ -206,9 +264,8 @@ def load_state(model: torch.nn.Module, state_dict: dict[str, Any], path: str | P
         raise HearflowError(
             f"checkpoint {path} does not match a {model.config.preset} model: {'; '.join(parts)}"
         )
-    model.load_state_dict(state_dict, strict=True)
 
 
 def _first(names: list[str], count: int = 6) -> str:
-    shown = ", ".join(names[:count])
+    shown = ", ".join(map(str, names[:count]))
     return shown + (f", ... ({len(names) - count} more)" if len(names) > count else "")

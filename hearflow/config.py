@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import math
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,8 @@ class Config:
             raise HearflowError(f"a config is a mapping of sections, not a {type(data).__name__}")
         data = dict(data)
         preset = data.pop("preset", "htf")
+        if not isinstance(preset, str):
+            raise HearflowError(f"a config's preset is a name, not a {type(preset).__name__}")
         fields = {key: value for key, value in _flatten(data).items() if key not in LEGACY_KEYS}
         if preset in PRESETS:
             config = preset_config(preset)
@@ -221,14 +224,15 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
         raise HearflowError(f"{name} is {value!r}; choose one of {', '.join(map(str, choices))}")
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """``{"model": {"prior": "x"}}`` -> ``{"model.prior": "x"}``: sections of fields, no deeper
+    (a deeper mapping stays a value, which `apply_overrides` refuses)."""
     flat = {}
     for key, value in data.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
+            flat.update({f"{key}.{field}": inner for field, inner in value.items()})
         else:
-            flat[name] = value
+            flat[str(key)] = value
     return flat
 
 
@@ -256,6 +260,8 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
 
 
 def _convert(name: str, value: Any, kind: type) -> Any:
+    if isinstance(value, (dict, list, tuple, set)):  # every field is a number, a string or a flag
+        raise HearflowError(f"config key {name!r} needs a {kind.__name__}, got a {type(value).__name__}")
     if isinstance(value, str) and kind is not str:
         value = yaml.safe_load(value)
     try:
@@ -267,7 +273,7 @@ def _convert(name: str, value: Any, kind: type) -> Any:
             raise ValueError
         return kind(value)
     except (TypeError, ValueError):
-        raise HearflowError(f"config key {name!r} needs a {kind.__name__}, got {value!r}") from None
+        raise HearflowError(f"config key {name!r} needs a {kind.__name__}, got {reprlib.repr(value)}") from None
 
 
 def parse_set_options(items: list[str]) -> dict[str, str]:

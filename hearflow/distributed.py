@@ -17,13 +17,16 @@ what one process computes with the same global batch:
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from hearflow.errors import HearflowError
+from hearflow.io import folder_lock
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,23 @@ def gather_objects(value) -> list:
     values = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
     return values
+
+
+@contextmanager
+def lock_on_main(context: Distributed, path: Path):
+    """Hold the folder lock ``path`` (`hearflow.io.folder_lock`) on rank 0 for the block; when
+    it is held elsewhere, every process raises the same HearflowError (none waits for the others)."""
+    with ExitStack() as stack:
+        problem = None
+        if context.is_main:
+            try:
+                stack.enter_context(folder_lock(path))
+            except HearflowError as error:
+                problem = str(error)
+        problems = [text for text in gather_objects(problem) if text]
+        if problems:
+            raise HearflowError(problems[0])
+        yield
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):

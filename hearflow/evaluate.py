@@ -10,6 +10,7 @@ and samples skipped for missing files are counted and reported.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def evaluate(
     flow_fusion: float | None = None,
     negatives: str | tuple[str, ...] = (),
     sounding_threshold: float | None = None,
+    strict: bool = False,
     progress: bool = True,
     backend: str = "auto",
     precision: str = "float32",
@@ -59,14 +61,19 @@ def evaluate(
     save_maps: overlays of the ``num_maps`` best and worst; flow_fusion: late fusion (None:
     the checkpoint's default); negatives: kinds of negative audio (``"silence,noise,offscreen"``)
     scored too (``results["negatives"]``); sounding_threshold: pIA's universal threshold
-    (None: the checkpoint's calibrated one); backend, precision: `hearflow.backends.make_backend`.
+    (None: the checkpoint's calibrated one); backend, precision: `hearflow.backends.make_backend`;
+    strict: refuse annotations with boxes that cannot be scored as given (inverted, zero-area,
+    outside the image), otherwise counted, warned about and scored as they are.
     """
     kinds = negative_kinds(negatives)
     _check_arguments(batch_size, num_maps, workers)
     torch_device = distributed.resolve_device(device)
     model, recorded = load_model(checkpoint, map_location=torch_device)
     options = recorded.with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold)
-    annotated = AnnotatedSet(data, annotations, model.config, benchmark=benchmark, skip_missing=skip_missing)
+    annotated = AnnotatedSet(data, annotations, model.config, benchmark=benchmark, skip_missing=skip_missing,
+                             strict=strict)
+    if annotated.box_problems.line():
+        print(f"hearflow: warning: {annotated.box_problems.line()} (--strict refuses them)", file=sys.stderr)
     context = distributed.Distributed(device=torch_device)
     runner = make_backend(backend, model, torch_device, options.flow_fusion, precision)
     predictions = annotated.predict(runner, context, batch_size, workers, options.flow_fusion, progress)
@@ -74,10 +81,7 @@ def evaluate(
     results.update(
         benchmark=annotated.annotations.benchmark, checkpoint=str(checkpoint), data=str(data),
         flow_fusion=options.flow_fusion, backend=runner.name, precision=getattr(runner, "precision", "float32"),
-        sounding_threshold=options.sounding_threshold,
-        annotated_without_sample=len(annotated.matching.annotated_without_sample),
-        samples_without_annotation=len(annotated.matching.samples_without_annotation),
-        skipped_missing_files=len(annotated.dataset.skipped),
+        sounding_threshold=options.sounding_threshold, **annotated.left_out(),
     )
     table = format_table(results, annotated.matching, annotated.dataset.skipped)
     if kinds:
@@ -86,13 +90,19 @@ def evaluate(
         results["negatives"] = negative_results(maps.positive, maps.cious, maps.negatives, options.sounding_threshold)
         table += "\n" + format_negatives(results["negatives"], threshold_note(options.sounding_threshold, sounding_threshold))
     print(table)
+    _write_outputs(results, predictions, cious, annotated, out=out, per_sample=per_sample, save_maps=save_maps,
+                   num_maps=num_maps)
+    return results
+
+
+def _write_outputs(results, predictions, cious, annotated, *, out, per_sample, save_maps, num_maps) -> None:
+    """results.json, the per-sample CSV and the overlays, those asked for."""
     if out is not None:
         write_json(out, results)
     if per_sample is not None:
         write_text(per_sample, per_sample_csv(predictions, cious))
     if save_maps is not None and num_maps:
         save_overlays(Path(save_maps), predictions, cious, annotated.annotations, annotated.dataset, num_maps)
-    return results
 
 
 def _check_arguments(batch_size: int, num_maps: int, workers: int) -> None:
@@ -122,7 +132,7 @@ def format_table(results: dict[str, Any], matching: Matching, skipped: list[tupl
     left_out = (
         ("annotated ids without a prepared sample", matching.annotated_without_sample),
         ("prepared samples without an annotation", matching.samples_without_annotation),
-        ("samples skipped for missing files", [sample_id for sample_id, _ in skipped]),
+        ("samples skipped for missing or damaged files", [sample_id for sample_id, _ in skipped]),
     )
     for label, ids in left_out:
         if ids:

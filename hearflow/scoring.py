@@ -135,7 +135,10 @@ def predict(
     if not maps:
         return Predictions.concatenate([])
     similarity = torch.cat(maps).numpy()
-    return Predictions(ids, similarity, map_max(similarity).astype(np.float32))
+    confidence = np.full(len(ids), np.nan, np.float32)  # NaN maps stay NaN: `score` names their samples
+    finite = np.isfinite(similarity.reshape(len(ids), -1)).all(axis=1)
+    confidence[finite] = map_max(similarity[finite])
+    return Predictions(ids, similarity, confidence)
 
 
 def score(predictions: Predictions, annotations: Annotations, chunk: int = 256) -> tuple[np.ndarray, dict[str, Any]]:
@@ -147,6 +150,13 @@ def score(predictions: Predictions, annotations: Annotations, chunk: int = 256) 
     time, so memory stays flat on large sets.
     """
     ids = predictions.ids
+    finite = np.isfinite(predictions.similarity.reshape(len(ids), -1)).all(axis=1)
+    if not finite.all():
+        bad = [ids[row] for row in np.flatnonzero(~finite)]
+        raise HearflowError(
+            f"the model's maps of {len(bad)} sample(s) hold NaN or infinite values ({', '.join(map(repr, bad[:5]))}):"
+            " the checkpoint is damaged, or these samples' prepared files hold NaN"
+        )
     has_source = np.array([annotations.has_source(sample_id) for sample_id in ids], dtype=bool)
     cious = np.full(len(ids), np.nan)
     with_source = np.flatnonzero(has_source)
@@ -169,7 +179,9 @@ class AnnotatedSet:
     ``annotations`` (`Annotations`), ``matching`` (which ids are scored, which are
     left out) and ``dataset`` (the matched samples through the test transform of
     ``config``'s data section). benchmark: ``auto`` or the benchmark the annotations
-    must be (`hearflow.data.annotations.BENCHMARKS`).
+    must be (`hearflow.data.annotations.BENCHMARKS`). ``box_problems``: the matched
+    samples' boxes that cannot be scored as given (inverted, zero-area, outside the
+    image); ``strict`` refuses them instead (HearflowError).
     """
 
     def __init__(
@@ -179,6 +191,7 @@ class AnnotatedSet:
         config: Config,
         benchmark: str = "auto",
         skip_missing: bool = False,
+        strict: bool = False,
     ) -> None:
         self.annotations = load_annotations(annotations, benchmark)
         prepared = open_prepared(folder)
@@ -188,8 +201,24 @@ class AnnotatedSet:
                 f"no prepared sample of {folder} is annotated in {annotations} "
                 f"({len(prepared.ids)} samples, {len(self.annotations.ids)} annotations; ids are file stems)"
             )
+        self.box_problems = self.annotations.box_problems(self.matching.ids)
+        if strict and self.box_problems.line():
+            raise HearflowError(f"{self.box_problems.line()}; refused (strict): fix them, or score them as given")
         self.dataset = PreparedDataset(prepared, config, train=False, ids=self.matching.ids, skip_missing=skip_missing)
         self._config = config
+
+    def left_out(self) -> dict[str, int]:
+        """How many samples and boxes the set's scores leave out, by reason (results.json's counts)."""
+        return {
+            "annotated_without_sample": len(self.matching.annotated_without_sample),
+            "samples_without_annotation": len(self.matching.samples_without_annotation),
+            "skipped_missing_files": len(self.dataset.skipped),
+            "unusable_boxes": len(self.box_problems.problems),
+        }
+
+    def warning_lines(self) -> list[str]:
+        """What a user must know about the set before trusting its scores: left-out samples, unusable boxes."""
+        return [line for line in (self.dataset.left_out_line("annotated"), self.box_problems.line()) if line]
 
     def predict(
         self,

@@ -167,3 +167,37 @@ def sequential_frames(path: str | Path) -> list[np.ndarray]:
     """Every frame of the first video stream, decoded from the start, RGB, coded orientation."""
     with av.open(str(path)) as container:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def flat_grey_jpeg(width: int, height: int) -> bytes:
+    """A baseline JPEG of ``width x height`` mid-grey pixels, made without holding the image:
+    in a 4:2:0 JPEG of grey 128 every 16 x 16 block codes to the same 4 bytes (DC 0, EOB), so
+    a 16000 x 16000 frame takes 4 MB on disk and 384 MB once decoded."""
+    import struct
+
+    import cv2
+
+    _, encoded = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    data, position = bytearray(encoded.tobytes()), 2
+    while True:  # walk the markers to the frame header (sizes) and the scan
+        marker, length = data[position + 1], struct.unpack(">H", data[position + 2 : position + 4])[0]
+        if marker == 0xC0:
+            data[position + 5 : position + 9] = struct.pack(">HH", height, width)
+        if marker == 0xDA:
+            header = bytes(data[: position + 2 + length])
+            break
+        position += 2 + length
+    blocks = -(-width // 16) * -(-height // 16)
+    return header + b"\x28\xa2\x8a\x00" * blocks + b"\xff\xd9"
+
+
+def write_mjpeg(path: str | Path, frames: list[bytes], declared: tuple[int, int]) -> Path:
+    """An MJPEG AVI of the given JPEG frames (muxed, not encoded), declaring ``declared`` (w, h)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = declared[0], declared[1], "yuvj420p"
+        for index, frame in enumerate(frames):
+            packet = av.Packet(frame)
+            packet.stream, packet.pts, packet.dts = stream, index, index
+            container.mux(packet)
+    return Path(path)

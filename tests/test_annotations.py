@@ -76,6 +76,34 @@ def test_bad_json_names_the_file_and_the_expected_shape(tmp_path, content, messa
     assert "bad.json" in str(error.value)
 
 
+def test_boxes_that_cannot_be_scored_as_given_are_counted_with_examples(tmp_path):
+    entries = [
+        {"file": "fine", "bbox": [[0.1, 0.2, 0.5, 0.6]]},
+        {"file": "inverted", "bbox": [[0.5, 0.6, 0.1, 0.2]]},
+        {"file": "zero", "bbox": [[0.3, 0.3, 0.3, 0.7]]},
+        {"file": "pixels", "bbox": [[12, 30, 100, 90]]},
+        {"file": "one-sentinel", "bbox": [[0.1, 0.1, 0.6, 0.6], [0.4, -2.8e16, 0.9, 1.0]]},  # as in VGG-SS
+        {"file": "silent", "bbox": []},
+    ]
+    report = load_annotations(write_json(tmp_path / "boxes.json", entries)).box_problems()
+    assert [(sample_id, reason.split(" (")[0]) for sample_id, _, reason in report.problems] == [
+        ("inverted", "inverted or zero-area"), ("zero", "inverted or zero-area"), ("pixels", "outside [0, 1]"),
+        ("one-sentinel", "outside [0, 1]")]
+    assert report.unscorable == ["inverted", "zero", "pixels"]  # a sentinel beside a good box is harmless
+    line = report.line()
+    assert line.startswith(f"annotations {tmp_path / 'boxes.json'}: 4 box(es) of 4 sample(s) cannot be scored")
+    assert "inverted [0.5, 0.6, 0.1, 0.2]: inverted or zero-area" in line and "pixels instead of fractions" in line
+    assert "3 sample(s) have no usable box and score 0 (e.g. inverted, zero, pixels)" in line and "\n" not in line
+    assert load_annotations(write_json(tmp_path / "ok.json", entries[:1])).box_problems().line() is None
+
+
+def test_deeply_nested_json_is_one_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(HearflowError, match="deep.json: nested too deeply"):
+        load_annotations(path)
+
+
 def test_missing_and_empty_paths(tmp_path):
     with pytest.raises(HearflowError, match="do not exist"):
         load_annotations(tmp_path / "nothing.json")

@@ -72,11 +72,144 @@ def test_released_pth_and_lightning_ckpt_load_into_the_released_preset(tmp_path,
         assert same_state(model, released)
 
 
+class _Payload:
+    """Unpickling it would run ``touch MARKER``: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 def test_unsafe_pickles_are_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"obj": os.path.join}}, path)
-    with pytest.raises(HearflowError, match="refused for safety .*posixpath.join"):
+    with pytest.raises(HearflowError, match="code-bearing objects .*posixpath.join.*refused for safety"):
         load(path)
+    marker = tmp_path / "ran"
+    torch.save({"format": "hearflow-checkpoint", "config": {}, "state_dict": {"x": _Payload(marker)}},
+               tmp_path / "payload.pt")
+    with pytest.raises(HearflowError) as error:
+        load(tmp_path / "payload.pt")
+    message = str(error.value)
+    assert "contains code-bearing objects (posix.system), refused for safety" in message
+    assert "weights_only" not in message and "\n" not in message and "trust" not in message
+    assert not marker.exists()
+
+
+def _nested_checkpoint(path, depth: int) -> None:
+    """A hearflow checkpoint whose config is ``depth`` mappings deep, written without recursion
+    (the pickle opcodes by hand, in torch's zip layout)."""
+    import zipfile
+
+    torch.save({"format": "x"}, path)
+    with zipfile.ZipFile(path) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    def text(value):
+        return b"X" + len(value).to_bytes(4, "little") + value
+    pickle = (b"\x80\x02}" + text(b"format") + text(b"hearflow-checkpoint") + b"s" + text(b"config") + b"}"
+              + (text(b"a") + b"}") * depth + b"s" * depth + b"s.")
+    members[next(name for name in members if name.endswith("data.pkl"))] = pickle
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for name, data in members.items():
+            out.writestr(name, data)
+
+
+def test_every_bad_hearflow_checkpoint_is_one_error_naming_the_file(tmp_path):
+    model = build_model(config=demo_config("cpu-small"))
+    good = load_checkpoint(_saved(model, tmp_path / "good.pt"))
+    cases = {
+        "no-config": ({key: value for key, value in good.items() if key != "config"}, "has no config"),
+        "string-config": ({**good, "config": "htf"}, "a config is a mapping of sections, not a str"),
+        "no-weights": ({key: value for key, value in good.items() if key != "state_dict"}, "holds no weights"),
+        "list-preset": ({**good, "config": {**good["config"], "preset": ["htf"]}}, "preset is a name"),
+        "deep-field": ({**good, "config": {**good["config"], "model": {**good["config"]["model"],
+                                                                       "width": {"a": {"b": 1}}}}},
+                       "'model.width' needs a int, got a dict"),
+        "bad-options": ({**good, "inference": "fast"}, "inference options are a str"),
+        "absurd-width": ({**good, "config": {**good["config"], "model": {**good["config"]["model"],
+                                                                         "width": 10**7}}},
+                         "does not match"),
+    }
+    for name, (checkpoint, expected) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(checkpoint, path)
+        with pytest.raises(HearflowError) as error:
+            load(path)
+        assert expected in str(error.value) and str(path) in str(error.value), name
+        assert "\n" not in str(error.value)
+    _nested_checkpoint(tmp_path / "deep.pt", 100_000)
+    with pytest.raises(HearflowError, match=f"checkpoint {tmp_path / 'deep.pt'} holds a config this version cannot use"):
+        load(tmp_path / "deep.pt")
+
+
+def test_an_unknown_preset_loads_its_recorded_fields_or_is_refused(tmp_path):
+    """A config of a preset this version does not know: every recorded field is used (never
+    the ``htf`` defaults), and a config that does not record every field is refused."""
+    model = randomised(build_model(config=demo_config("cpu-small")))
+    checkpoint = load_checkpoint(_saved(model, tmp_path / "good.pt"))
+    checkpoint["config"]["preset"] = "from-the-future"
+    torch.save(checkpoint, tmp_path / "future.pt")
+    loaded = load(tmp_path / "future.pt")
+    assert loaded.config.preset == "from-the-future" and loaded.config.model == model.config.model
+    assert loaded.config.data == model.config.data and same_state(loaded, model)
+    del checkpoint["config"]["data"]["image_size"]
+    torch.save(checkpoint, tmp_path / "partial.pt")
+    with pytest.raises(HearflowError, match="unknown preset 'from-the-future' and the config does not give every "
+                                            "field \\(missing data.image_size"):
+        load(tmp_path / "partial.pt")
+
+
+def test_an_absurd_width_is_refused_before_anything_is_allocated(tmp_path, monkeypatch):
+    """A width of 10^7 would need ~10^15 parameters: it is compared on the meta device first."""
+    checkpoint = load_checkpoint(_saved(build_model(config=demo_config("cpu-small")), tmp_path / "good.pt"))
+    checkpoint["config"]["model"]["width"] = 10**7
+    torch.save(checkpoint, tmp_path / "huge.pt")
+    built_on = []
+    real_init = torch.nn.Conv2d.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        built_on.append(self.weight.device.type)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "__init__", recording_init)
+    with pytest.raises(HearflowError, match="does not match"):
+        load(tmp_path / "huge.pt")
+    assert built_on and set(built_on) == {"meta"}
+
+
+@pytest.mark.parametrize("preset", ["htf", "htf-released", "htf-released-maxpool", "lvs", "table4-a"])
+def test_presets_build_on_the_meta_device(preset):
+    with torch.device("meta"):
+        model = build_model(preset)
+    real = build_model(preset).state_dict()
+    assert {name: value.shape for name, value in model.state_dict().items()} == \
+        {name: value.shape for name, value in real.items()}
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_earlier_file(tmp_path, monkeypatch):
+    model = build_model(config=demo_config("cpu-small"))
+    path = _saved(model, tmp_path / "last.pt")
+    before = path.read_bytes()
+
+    def full_disk(obj, file, *args, **kwargs):
+        file.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(HearflowError) as error:
+        save_checkpoint(path, model)
+    message = str(error.value)
+    assert message.startswith(f"cannot write checkpoint {path}: RuntimeError: [enforce fail")
+    assert "MB free on its disk" in message and "is left as it was" in message
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left
+
+
+def _saved(model, path):
+    save_checkpoint(path, model)
+    return path
 
 
 def test_corrupt_file_is_one_clear_error(tmp_path):

@@ -113,6 +113,59 @@ def test_missing_files_are_an_error_or_skipped_and_listed(synth_set, tmp_path):
         PreparedDataset(folder, small_config(), train=False, ids=[ids[0], "no-such-clip"])
 
 
+def _cut(path, keep):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def test_damaged_files_are_found_named_and_follow_skip_missing(synth_set, tmp_path):
+    """Truncated or empty files used to decode silently (a libjpeg line at most): each is now
+    named with its sample, up front, and --skip-missing leaves it out with the reason."""
+    folder = synth_set.copy_prepared(tmp_path / "prepared")
+    ids = synth_set.ids()
+    jpeg, wav, png = (folder / "frames" / f"{ids[1]}.jpg", folder / "audio" / f"{ids[3]}.wav",
+                      folder / "flow" / f"{ids[5]}.png")
+    _cut(jpeg, jpeg.stat().st_size // 2)
+    _cut(wav, wav.stat().st_size - 1000)
+    _cut(png, png.stat().st_size - 10)
+    (folder / "frames" / f"{ids[7]}.jpg").write_bytes(b"")
+    expected = {
+        ids[1]: f"{jpeg} is truncated (no JPEG end-of-image marker)",
+        ids[3]: f"{wav} is truncated",
+        ids[5]: f"{png} is truncated (no PNG end chunk)",
+        ids[7]: f"{folder / 'frames' / ids[7]}.jpg is empty (0 bytes)",
+    }
+    with pytest.raises(HearflowError) as error:
+        PreparedDataset(folder, small_config(), train=False)
+    assert f"sample {ids[1]!r}" in str(error.value) and expected[ids[1]] in str(error.value)
+    assert "--skip-missing" in str(error.value)
+    dataset = PreparedDataset(folder, small_config(), train=False, skip_missing=True)
+    assert dataset.ids == [sample_id for sample_id in ids if sample_id not in expected]
+    assert {sample_id: reason for sample_id, reason in dataset.skipped}.keys() == expected.keys()
+    for sample_id, reason in dataset.skipped:
+        assert reason.startswith(expected[sample_id]), reason
+    # Reading decodes strictly too (a file damaged after the dataset was made).
+    prepared = PreparedFolder(folder)
+    for sample_id, message in ((ids[1], "no JPEG end-of-image marker"), (ids[3], "not a readable WAV file")):
+        with pytest.raises(HearflowError, match=rf"sample '{sample_id}'.*{message}"):
+            prepared.read(sample_id)
+    with pytest.raises(HearflowError, match=r"not a readable WAV file.*"):
+        read_wav(wav)
+
+
+def test_a_rerun_of_prepare_redoes_samples_whose_files_are_damaged(synth_set, tmp_path):
+    from hearflow.prepare import prepare
+    from hearflow.synthetic.presets import demo_config
+
+    folder = synth_set.copy_prepared(tmp_path / "prepared")
+    ids = synth_set.ids()
+    frame = folder / "frames" / f"{ids[0]}.jpg"
+    whole = frame.read_bytes()
+    _cut(frame, len(whole) // 3)
+    summary = prepare(synth_set.root / "videos", folder, demo_config("cpu-small").data, progress=False)
+    assert (summary.prepared, summary.already_done) == (1, len(ids) - 1)
+    assert frame.read_bytes() == whole
+
+
 def _released_copy(synth_set, destination):
     """The same samples in the released layout: 8-bit JPEG flow clipped to [0, 255]."""
     for sub in ("frames", "flow/flow_x", "flow/flow_y", "audio"):

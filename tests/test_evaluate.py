@@ -153,7 +153,38 @@ def test_missing_files_stop_or_are_skipped(synth_set, checkpoint, tmp_path, caps
     full = evaluate(checkpoint, synth_set.prepared, synth_set.annotations, workers=0)
     results = evaluate(checkpoint, folder, synth_set.annotations, workers=0, skip_missing=True)
     assert results["skipped_missing_files"] == 1 and results["n"] == full["n"] - 1
-    assert "1 samples skipped for missing files" in capsys.readouterr().out
+    assert "1 samples skipped for missing or damaged files" in capsys.readouterr().out
+
+
+def test_unusable_boxes_are_warned_about_or_refused_with_strict(synth_set, checkpoint, tmp_path, capsys):
+    entries = _annotations(synth_set)
+    with_source = [entry for entry in entries if entry["bbox"]]
+    with_source[0]["bbox"] = [[0.7, 0.7, 0.2, 0.2]]  # inverted
+    with_source[1]["bbox"] = [[10, 12, 40, 50]]  # pixels
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(entries))
+    results = evaluate(checkpoint, synth_set.prepared, path, workers=0)
+    assert results["unusable_boxes"] == 2
+    warning = capsys.readouterr().err
+    assert "hearflow: warning: annotations" in warning and "2 box(es) of 2 sample(s) cannot be scored" in warning
+    assert with_source[0]["file"] in warning and "--strict refuses them" in warning
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(synth_set.prepared), "--annotations",
+                 str(path), "--workers", "0", "--strict"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "refused (strict)" in error[0]
+
+
+def test_nan_maps_name_the_samples(synth_set, tmp_path):
+    model = build_model(config=small_config())
+    with torch.no_grad():
+        model.audnet.conv1.weight.fill_(float("nan"))
+    path = tmp_path / "nan.pt"
+    save_checkpoint(path, model)
+    with pytest.raises(HearflowError) as error:
+        evaluate(path, synth_set.prepared, synth_set.annotations, workers=0)
+    message = str(error.value)
+    assert "maps of 16 sample(s) hold NaN or infinite values" in message
+    assert repr(_annotations(synth_set)[0]["file"]) in message and "samples [" not in message
 
 
 def test_benchmark_check_and_flow_fusion(synth_set, checkpoint, tmp_path):

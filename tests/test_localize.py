@@ -10,6 +10,7 @@ odd files written with PyAV.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -575,3 +576,47 @@ def test_the_storage_round_trip_quantises_the_flow_as_its_png_does():
     assert np.array_equal(quantise_flow(big), decode_flow(encode_flow(big)))
 
 
+def test_a_nan_map_is_a_clear_error_naming_the_step_and_nothing_is_written(tmp_path, clip, capsys):
+    model = build_model(config=demo_config("cpu-small"), width=8)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))  # a damaged checkpoint
+    broken = tmp_path / "broken.pt"
+    save_checkpoint(broken, model)
+    out = tmp_path / "out"
+    assert main(["localize", str(clip), "--checkpoint", str(broken), "--out", str(out), "--key-frame",
+                 "--no-video", "--device", "cpu"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hearflow: error:")]
+    assert f"{clip}: the model's map at frame 25 (1.000 s) holds NaN or infinite values" in errors[0]
+    assert not out.exists() or not list(out.iterdir())  # no JSON with "confidence": NaN, no temporary
+
+
+def test_a_giant_frame_file_is_one_error_line(tmp_path, checkpoint, capsys):
+    from media_fixtures import flat_grey_jpeg, write_mjpeg
+
+    giant = write_mjpeg(tmp_path / "giant.avi", [flat_grey_jpeg(16000, 16000)] * 3, (16000, 16000))
+    assert main(["localize", str(giant), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"),
+                 "--key-frame", "--no-video", "--device", "cpu"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hearflow: error:")]
+    assert "declares 16000 x 16000 frames" in errors[0] and str(giant) in errors[0]
+
+
+def test_temporaries_of_killed_runs_are_removed_but_not_those_of_running_ones(tmp_path, checkpoint, clip):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # another run, still going
+    dead, alive = int(ended.stdout), sleeper.pid
+    out = tmp_path / "out"
+    (out / f"{clip.stem}.steps").mkdir(parents=True)
+    stale = [out / f"{clip.stem}.json.tmp-{dead}", out / f".{clip.stem}.overlay.video-only.mp4.tmp-{dead}.tmp-{dead}",
+             out / f"{clip.stem}.steps" / f"000003.png.tmp-{dead}"]
+    running = out / f"{clip.stem}.overlay.mp4.tmp-{alive}"
+    other = out / f"other.json.tmp-{dead}"  # another video's: not this run's to remove
+    for path in (*stale, running, other):
+        path.write_bytes(b"partial")
+    try:
+        assert main(["localize", str(clip), "--checkpoint", str(checkpoint), "--out", str(out), "--key-frame",
+                     "--device", "cpu"]) == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not any(path.exists() for path in stale) and running.exists() and other.exists()

@@ -270,7 +270,12 @@ def test_csv_log_drops_a_torn_last_line(tmp_path):
     assert [row["id"] for row in log.rows] == ["a"]
     log.append({"id": "c", "video": "c.mp4", "stage": "decode", "error": "two\nlines, and a comma"})
     assert [row["id"] for row in rows(path)] == ["a", "c"]
-    assert rows(path)[1]["error"] == "two lines, and a comma"
+    assert rows(path)[1]["error"] == "two\nlines, and a comma"  # kept exactly, quoted
+    # A record torn inside a quoted line break is dropped whole, not read as a row and a half.
+    with open(path, "ab") as handle:
+        handle.write(b'"d\nwith a break",d.mp4,probe,"cut\n')
+    assert [row["id"] for row in CsvLog(path, ("id", "video", "stage", "error")).rows] == ["a", "c"]
+    assert path.read_bytes().endswith(b'"two\nlines, and a comma"\n')
 
 
 # ---------------------------------------------------------------- selecting inputs

@@ -106,8 +106,10 @@ def test_cli_train_writes_the_run_folder_and_resumes_with_the_same_command_line(
     # The same command line again, with --resume and more epochs: accepted.
     assert main([*command, "--resume", str(run_dir), "--epochs", "2"]) == 0
     assert [row["epoch"] for row in _rows(run_dir)] == ["1", "2"]
+    recorded = (run_dir / "config.yaml").read_bytes(), (run_dir / "last.pt").read_bytes()
     assert main(["train", "--resume", str(run_dir), "--epochs", "2"]) == 0  # nothing left to do: says so
     assert "has trained 2 of 2 epochs: nothing to do" in capsys.readouterr().out
+    assert ((run_dir / "config.yaml").read_bytes(), (run_dir / "last.pt").read_bytes()) == recorded
     # A value that differs from the run's is refused, naming the field.
     assert main([*command, "--resume", str(run_dir), "--lr", "0.1"]) == 1
     assert "train.lr is 0.002 there, 0.1 here" in capsys.readouterr().err
@@ -216,10 +218,115 @@ def test_nan_loss_stops_and_leaves_the_last_checkpoint(synth_set, tmp_path, monk
         return loss * float("nan") if len(calls) == 2 else loss
 
     monkeypatch.setitem(LOSSES, "lvs", loss_going_nan)
-    with pytest.raises(HearflowError, match=r"loss is nan at epoch 2, step 2 \(global step 4\).*last\.pt \(epoch 1\)"):
+    with pytest.raises(HearflowError, match=r"loss is nan at epoch 2, step 2 \(global step 4\).*last\.pt \(epoch 1\)") \
+            as error:
         train(small_config(**{"train.epochs": 2}), None, run_dir, resume=True)
+    assert "inputs ('" in str(error.value) and "are finite: lower --lr" in str(error.value)  # names the samples
     assert (run_dir / "last.pt").read_bytes() == saved
     assert len(_rows(run_dir)) == 1
+
+
+def test_a_nan_in_a_data_file_is_named_instead_of_blaming_the_learning_rate(synth_set, tmp_path):
+    import numpy as np
+
+    folder = synth_set.copy_prepared(tmp_path / "prepared")
+    ids = synth_set.ids()[:8]
+    flow_path = folder / "flow" / f"{ids[5]}.npy"
+    flow = np.load(flow_path)
+    flow[:, :, 0] = np.nan  # a damaged flow file: NaN where numbers should be
+    np.save(flow_path, flow)
+    with pytest.raises(HearflowError) as error:
+        train(small_config(), folder, tmp_path / "run", train_ids=_ids_file(tmp_path / "ids.txt", ids))
+    message = str(error.value)
+    assert f"the inputs of sample(s) '{ids[5]}' of {folder} hold NaN or infinite values" in message
+    assert "--lr" not in message
+
+
+def test_samples_left_out_for_damaged_files_are_reported(synth_set, tmp_path, capsys):
+    folder = synth_set.copy_prepared(tmp_path / "prepared")
+    ids = synth_set.ids()[:9]
+    wav = folder / "audio" / f"{ids[2]}.wav"
+    wav.write_bytes(wav.read_bytes()[:100])
+    ids_file = _ids_file(tmp_path / "ids.txt", ids)
+    with pytest.raises(HearflowError, match=rf"{ids[2]}.*is truncated"):
+        train(small_config(), folder, tmp_path / "stopped", train_ids=ids_file)
+    train(small_config(), folder, tmp_path / "run", train_ids=ids_file, skip_missing=True)
+    err = capsys.readouterr().err
+    assert f"hearflow: warning: left out 1 of 9 training samples with missing or damaged files (e.g. {ids[2]}: " \
+           f"{wav} is truncated" in err
+
+
+def test_a_failed_checkpoint_write_leaves_no_metrics_row_for_its_epoch(synth_set, tmp_path, monkeypatch):
+    ids = _ids_file(tmp_path / "ids.txt", synth_set.ids()[:8])
+    run_dir = tmp_path / "run"
+    real_save, saves = torch.save, []
+
+    def disk_full_at_epoch_2(obj, file, *args, **kwargs):
+        saves.append(obj.get("epoch"))
+        if obj.get("epoch") == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return real_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_epoch_2)
+    with pytest.raises(HearflowError, match=rf"cannot write checkpoint {run_dir}/(best|last)\.pt: RuntimeError"):
+        train(small_config(**{"train.epochs": 2}), synth_set.prepared, run_dir, train_ids=ids)
+    assert [row["epoch"] for row in _rows(run_dir)] == ["1"] and load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    assert not list(run_dir.glob("*.tmp-*"))
+
+
+def test_stale_temporaries_of_the_run_are_removed_and_an_unwritable_out_is_one_line(synth_set, tmp_path, monkeypatch,
+                                                                                     capsys):
+    import os
+
+    ids = _ids_file(tmp_path / "ids.txt", synth_set.ids()[:4])
+    run_dir = tmp_path / "run"
+    train(small_config(), synth_set.prepared, run_dir, train_ids=ids)
+    for name in ("last.pt.tmp-999999", "metrics.csv.tmp-12", "config.yaml.tmp-3"):
+        (run_dir / name).write_bytes(b"left by a killed run")
+    (run_dir / "notes.tmp-1.txt").write_text("not a temporary")
+    train(small_config(**{"train.epochs": 2}), None, run_dir, resume=True)
+    assert sorted(p.name for p in run_dir.glob("*tmp*")) == ["notes.tmp-1.txt"]
+    out, real_open = tmp_path / "unwritable", os.open
+
+    def forbidden(path, flags, *args, **kwargs):
+        if str(path).startswith(str(out)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", forbidden)
+    capsys.readouterr()
+    assert main(["train", "--config", _small_yaml(tmp_path), "--train", str(synth_set.prepared), "--out", str(out),
+                 "--workers", "0", "--batch-size", "4"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"hearflow: error: cannot write to {out}: Permission denied"]
+
+
+@pytest.mark.slow
+def test_a_second_training_run_on_one_out_is_refused_naming_the_first(synth_set, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repository = Path(__file__).resolve().parents[1]
+    run_dir, config = tmp_path / "run", _small_yaml(tmp_path)
+    command = ["train", "--config", config, "--train", str(synth_set.prepared), "--out", str(run_dir),
+               "--workers", "0", "--batch-size", "4", "--epochs", "50"]
+    first = subprocess.Popen([sys.executable, "-m", "hearflow.cli", *command], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(repository)})
+    try:
+        lock = run_dir / "train.lock"
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lock.read_text().startswith(f"pid {first.pid} on ")
+        assert main(command) == 1
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and f"{run_dir} is in use by pid {first.pid}" in error[0]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(60)
 
 
 def test_frozen_encoder_is_left_out_of_the_optimiser(synth_set, tmp_path):

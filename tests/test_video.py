@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
@@ -185,3 +188,50 @@ def test_bad_files_raise_clear_errors(tmp_path):
     assert probe(one).n_frames == 1
     with pytest.raises(HearflowError, match="at least 2"):
         read_frame_pair(one)
+
+
+MEMORY_PROBE = """
+import resource, sys
+from hearflow.errors import HearflowError
+from hearflow.media.video import VideoFile, iter_frame_pairs, read_frames
+errors = []
+for attempt in (lambda: VideoFile(sys.argv[1]), lambda: read_frames(sys.argv[1], 1, 2),
+                lambda: list(iter_frame_pairs(sys.argv[1]))):
+    try:
+        attempt()
+        errors.append("read")
+    except HearflowError as error:
+        errors.append(str(error))
+try:  # this process's own peak (ru_maxrss would include the forking parent's, kept across exec)
+    peak_kb = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
+except OSError:
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(peak_kb // 1024)
+print("\\n".join(errors))
+"""
+
+
+@pytest.mark.parametrize("declared", ["giant", "small"])
+def test_giant_frames_are_refused_with_memory_bounded(tmp_path, declared):
+    """16000 x 16000 MJPEG frames (4 MB each on disk, 384 MB decoded): refused before they are
+    decoded, whether the file declares the size or a small one (the decoder gets the limit)."""
+    import subprocess
+    import sys
+
+    from media_fixtures import flat_grey_jpeg, write_mjpeg
+
+    giant, small = flat_grey_jpeg(16000, 16000), flat_grey_jpeg(64, 64)
+    frames = [giant] * 3 if declared == "giant" else [small, small, giant, small]
+    path = write_mjpeg(tmp_path / "giant.avi", frames, (16000, 16000) if declared == "giant" else (64, 64))
+    repository = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path)], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": repository})
+    assert result.returncode == 0, result.stderr
+    peak_mb, *errors = result.stdout.splitlines()
+    assert int(peak_mb) < 250  # one decoded frame alone would be 384 MB
+    assert len(errors) == 3
+    if declared == "giant":
+        assert all("declares 16000 x 16000 frames (256 megapixels)" in error and "8192 x 4320" in error
+                   for error in errors)
+    else:  # opening decodes the first, small frame only; reading reaches the giant one
+        assert errors[0] == "read" and all(str(path) in error and "decoding failed" in error for error in errors[1:])

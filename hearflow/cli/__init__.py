@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must not stop the output
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -59,8 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except HearflowError as error:
-        print(f"hearflow: error: {error}", file=sys.stderr)
+        print(f"hearflow: error: {_one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("hearflow: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(error: HearflowError) -> str:
+    """The error's message; for one a DataLoader worker raised again (its message is then the
+    worker's traceback), the worker's own message, the traceback's last line."""
+    message = str(error)
+    if "\nOriginal Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return message

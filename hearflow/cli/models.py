@@ -109,6 +109,9 @@ def add_evaluate(commands) -> None:
     parser.add_argument("--sounding-threshold", type=float, metavar="T",
                         help="the universal threshold of pIA and of the sounding decision, on the raw map "
                         "(default: the one `hearflow calibrate` stored in the checkpoint, if any)")
+    parser.add_argument("--strict", action="store_true", help="refuse annotations with boxes that cannot be "
+                        "scored as given (inverted, zero-area, outside the image); by default they are counted, "
+                        "warned about and scored as they are")
     backend_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
@@ -122,7 +125,7 @@ def _run_evaluate(args) -> int:
              batch_size=args.batch_size, workers=args.workers, device=args.device,
              skip_missing=args.skip_missing, flow_fusion=args.flow_fusion, progress=not args.quiet,
              backend=args.backend, precision=args.precision, negatives=args.negatives,
-             sounding_threshold=args.sounding_threshold)
+             sounding_threshold=args.sounding_threshold, strict=args.strict)
     return 0
 
 

@@ -128,6 +128,8 @@ def _read_vggss(file: Path) -> dict[str, list[tuple[float, ...]]]:
         entries = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HearflowError(f"cannot read annotations {file}: {error} (expected {expected})") from error
+    except RecursionError:
+        raise HearflowError(f"cannot read annotations {file}: nested too deeply (expected {expected})") from None
     if not isinstance(entries, list):
         raise HearflowError(f"annotations {file} hold a {type(entries).__name__}; expected {expected}")
     boxes: dict[str, list[tuple[float, ...]]] = {}
@@ -235,6 +237,19 @@ class Annotations:
         """Float32 224 x 224 ground truth of one sample (all zero without a source)."""
         return self._spec.ground_truth(self._lookup(sample_id))
 
+    def box_problems(self, sample_ids: Iterable[str] | None = None) -> "BoxProblems":
+        """The boxes of ``sample_ids`` (default: all) that cannot be scored as given (see `BoxProblems`)."""
+        problems, unscorable = [], []
+        for sample_id in self.ids if sample_ids is None else sample_ids:
+            boxes = self._lookup(sample_id)
+            for box in boxes:
+                problem = _box_problem(box, self._spec.grid)
+                if problem:
+                    problems.append((sample_id, box, problem))
+            if boxes and not self.gt_map(sample_id).any():
+                unscorable.append(sample_id)
+        return BoxProblems(self.path, problems, unscorable, self._spec.grid)
+
     def gt_maps(self, sample_ids: Iterable[str]) -> np.ndarray:
         """Float32 N x 224 x 224 ground truths, in the order of ``sample_ids``."""
         sample_ids = list(sample_ids)
@@ -242,6 +257,42 @@ class Annotations:
         for row, sample_id in enumerate(sample_ids):
             maps[row] = self.gt_map(sample_id)
         return maps
+
+
+def _box_problem(box: Sequence[float], grid: float) -> str | None:
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        return "inverted or zero-area"
+    if min(box) < -0.01 * grid or max(box) > 1.01 * grid:
+        pixels = grid == 1 and max(box) > 1.01
+        return f"outside [0, {grid:g}]" + (" (pixels instead of fractions of the image?)" if pixels else "")
+    return None
+
+
+@dataclass
+class BoxProblems:
+    """Annotation boxes that cannot be scored as given: inverted or zero-area ones, and ones
+    outside the image (pixels where fractions belong); ``problems`` holds ``(id, box,
+    reason)``; ``unscorable``: samples with boxes but an empty ground truth (they score 0)."""
+
+    path: Path
+    problems: list[tuple[str, tuple[float, ...], str]]
+    unscorable: list[str]
+    grid: float
+
+    def line(self) -> str | None:
+        """One line with the counts and up to three examples, or None when every box is usable."""
+        if not self.problems and not self.unscorable:
+            return None
+        examples = "; ".join(f"{sample_id} {[round(v, 4) for v in box]}: {reason}"
+                             for sample_id, box, reason in self.problems[:3])
+        text = (f"annotations {self.path}: {len(self.problems)} box(es) of "
+                f"{len({sample_id for sample_id, _, _ in self.problems})} sample(s) cannot be scored as given"
+                + (f" (e.g. {examples})" if examples else ""))
+        if self.unscorable:
+            text += (f"; {len(self.unscorable)} sample(s) have no usable box and score 0 "
+                     f"(e.g. {', '.join(self.unscorable[:3])})")
+        return text
 
 
 def load_annotations(path: str | Path, benchmark: str = "auto") -> Annotations:

@@ -32,9 +32,11 @@ class PreparedDataset(Dataset):
     folder: a prepared folder or shards (a path, `PreparedFolder` or `PreparedShards`); config: the run's Config
     (its ``data`` section drives every transform); train: random crop + flip
     (else the test resize); ids: the samples to use, in order (default: all of the
-    folder's). Ids the folder does not hold, and samples whose files are missing, are
-    a HearflowError, or with ``skip_missing=True`` left out and listed in
-    ``self.skipped``.
+    folder's). Ids the folder does not hold, and samples whose files are missing or
+    damaged (empty or cut short: `PreparedFolder.file_problems`, checked here without
+    decoding), are a HearflowError, or with ``skip_missing=True`` left out and listed
+    in ``self.skipped`` as ``(id, reason)``. Reading decodes strictly as well: a file
+    damaged in a way no header shows is a HearflowError naming the sample and file.
 
     ``dataset[i]`` is ``{"image": 3 x S x S, "flow": 2 x S x S, "spectrogram":
     1 x F x T (float32 tensors), "id": str}``; with ``encoded=True`` (training with
@@ -80,18 +82,26 @@ class PreparedDataset(Dataset):
             if sample_id not in held:
                 reason = "not in the folder's manifest"
             else:
-                missing = self.folder.missing_files(sample_id)
-                reason = f"missing {', '.join(map(str, missing))}" if missing else ""
+                reason = "; ".join(self.folder.file_problems(sample_id))
             if not reason:
                 kept.append(sample_id)
             elif skip_missing:
                 skipped.append((sample_id, reason))
             else:
                 raise HearflowError(
-                    f"sample {sample_id!r} of {self.folder.path}: {reason} (rerun `hearflow prepare` on it, or "
-                    f"pass {option('--skip-missing', 'skip_missing=True')} to leave such samples out)"
+                    f"sample {sample_id!r} of {self.folder.path}: {reason} (rerun `hearflow prepare`, which redoes "
+                    f"samples whose files are missing or damaged, or pass {option('--skip-missing', 'skip_missing=True')} "
+                    "to leave such samples out)"
                 )
         return kept, skipped
+
+    def left_out_line(self, label: str) -> str | None:
+        """One line naming how many ``label`` samples were left out and why (examples), or None."""
+        if not self.skipped:
+            return None
+        examples = "; ".join(f"{sample_id}: {reason}" for sample_id, reason in self.skipped[:3])
+        return (f"left out {len(self.skipped)} of {len(self.ids) + len(self.skipped)} {label} samples with missing "
+                f"or damaged files (e.g. {examples})")
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose augmentations ``__getitem__`` draws (training only)."""

@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 
 from hearflow.errors import HearflowError
+from hearflow.io import read_csv
 
 VIDEO_SUFFIXES = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".mts", ".3gp", ".ogv", ".wmv",
@@ -20,37 +21,67 @@ VIDEO_SUFFIXES = (
 def find_videos(src: str | Path) -> list[Path]:
     """Videos under a folder (recursive, by suffix, sorted), or the paths listed in a text file.
 
-    A list file has one path per line (blank lines and ``#`` comments ignored);
-    relative paths are taken relative to the list file's folder.
+    The search follows symbolic links to folders and files; a folder reached a
+    second time (a link loop, or two links to one folder) is searched once. A list
+    file has one path per line (blank lines and ``#`` comments ignored); relative
+    paths are taken relative to the list file's folder. Names that are not valid
+    UTF-8 are kept as their bytes (``surrogateescape``).
     """
     src = Path(src)
-    if src.is_dir():
-        return sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and not p.is_dir())
-    if src.is_file():
-        lines = src.read_text(encoding="utf-8", errors="replace").splitlines()
-        paths = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-        return [p if p.is_absolute() else src.parent / p for p in map(Path, paths)]
+    try:
+        if src.is_dir():
+            return sorted(_walk_videos(src))
+        if src.is_file():
+            lines = src.read_bytes().decode("utf-8", "surrogateescape").splitlines()
+            paths = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+            return [p if p.is_absolute() else src.parent / p for p in map(Path, paths)]
+    except OSError as error:
+        raise HearflowError(f"cannot read {error.filename or src}: {error.strerror or error}") from None
     raise HearflowError(f"{src}: no such folder or list file")
+
+
+def _walk_videos(root: Path) -> list[Path]:
+    """Files with a video suffix under ``root``, following links, each folder once."""
+    videos, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=_raise):
+        status = os.stat(folder)
+        if (status.st_dev, status.st_ino) in seen:
+            subfolders.clear()
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        videos += [Path(folder, name) for name in files if Path(name).suffix.lower() in VIDEO_SUFFIXES]
+    return videos
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 _HEADER_WORDS = {"id", "ids", "video", "file", "flickr_id", "youtube_id", "ytid", "# ytid"}
 
 
 def read_ids(path: str | Path) -> list[str]:
-    """Sample ids from a text/CSV file: the first field of each line.
+    """Sample ids from a text/CSV file: the first field of each record.
 
     VGG-Sound ids are ``{youtube_id}_{start:06d}``; a VGG-Sound metadata row
     ``youtube_id,start,label,split`` becomes that id; Flickr ids are numbers. A
-    header line (``id``, ``video``, ``flickr_id``, ...) is skipped.
+    header line (``id``, ``video``, ``flickr_id``, ...) is skipped. The file is CSV
+    as hearflow writes it (`hearflow.io.read_csv`), so the first column of a
+    manifest selects its ids exactly: an id with a comma, a quote or a line break is
+    quoted (``"a,b"``), and a quoted id is taken as it is, spaces included; an
+    unquoted one is stripped of surrounding spaces.
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        text = path.read_bytes().decode("utf-8", "surrogateescape")
     except OSError as error:
-        raise HearflowError(f"cannot read the id list {path}: {error}") from None
+        raise HearflowError(f"cannot read the id list {path}: {error.strerror or error}") from None
+    records, _ = read_csv(text if text.endswith("\n") or not text else text + "\n")
     ids = []
-    for number, line in enumerate(lines):
-        fields = [f.strip().strip('"') for f in line.split(",")]
+    for number, (fields, quoted) in enumerate(zip(records, _first_field_quoted(text))):
+        fields = fields or [""]
+        if not quoted:
+            fields = [field.strip() for field in fields]
         if not fields[0] or (number == 0 and fields[0].lower() in _HEADER_WORDS):
             continue
         first = fields[0]
@@ -65,6 +96,21 @@ def read_ids(path: str | Path) -> list[str]:
     if not ids:
         raise HearflowError(f"the id list {path} holds no ids")
     return ids
+
+
+def _first_field_quoted(text: str) -> list[bool]:
+    """Per CSV record of ``text``: whether its first field is quoted."""
+    starts, quoted, at_start = [], False, True
+    for match in re.finditer(r'["\n]|[^"\n]+', text):
+        token = match[0]
+        if at_start:
+            starts.append(token == '"')
+            at_start = False
+        if token == '"':
+            quoted = not quoted
+        elif token == "\n" and not quoted:
+            at_start = True
+    return starts
 
 
 def read_keyframes(path: str | Path) -> dict[str, int]:
@@ -131,4 +177,4 @@ def slurm_array_shard(environ) -> tuple[int, int]:
 
 def shard_of(sample_id: str, count: int) -> int:
     """The shard (0..count-1) of an id: a stable hash, the same on every machine."""
-    return zlib.crc32(sample_id.encode("utf-8")) % count
+    return zlib.crc32(sample_id.encode("utf-8", "surrogateescape")) % count

@@ -45,6 +45,7 @@ class TrainingData:
         self.dataset = PreparedDataset(open_prepared(path), config, train=True, ids=ids, skip_missing=skip_missing,
                                        encoded=self.gpu_inputs)
         self.folder = self.dataset.folder
+        self.left_out_line = self.dataset.left_out_line  # what was left out, for the run's warning
         self.streaming = self.folder.layout == "shards"
         if config.objective.audio_negatives:
             if self.streaming or self.gpu_inputs:

@@ -27,7 +27,6 @@ run killed at any moment leaves no sample that looks finished but is not.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -40,7 +39,7 @@ import numpy as np
 
 from hearflow.data.codecs import decode_flow, encode_flow, quantise_flow
 from hearflow.errors import HearflowError
-from hearflow.io import write_atomic
+from hearflow.io import csv_row, csv_text, read_csv, write_atomic
 
 JPEG_QUALITY = 95
 MANIFEST_COLUMNS = (
@@ -159,17 +158,14 @@ def write_sample(root: str | Path, sample_id: str, frame: np.ndarray, flow: np.n
     write_atomic(paths["audio"], encode_wav(audio, sample_rate))
 
 
-def csv_line(values) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(values)
-    return buffer.getvalue()
-
-
 class CsvLog:
     """A CSV file that only ever gains whole rows: each row is one `os.write` in append mode.
 
-    Opening it drops a torn last line (from a killed writer) and rows that `keep`
+    Opening it drops a torn last record (from a killed writer) and rows that `keep`
     rejects, rewriting the file atomically, and writes the header when it is new.
+    Cells round-trip exactly (`hearflow.io.csv_row`: quoted, guarded against
+    spreadsheet formulas); names that are not valid UTF-8 (bytes a file system allows)
+    are kept as their bytes (``surrogateescape``), so an id always names its files.
     """
 
     def __init__(self, path: str | Path, columns: tuple[str, ...], keep=None) -> None:
@@ -177,59 +173,69 @@ class CsvLog:
         self.columns = columns
         header, rows, clean = _read_csv(self.path, columns)
         kept = [row for row in rows if keep is None or keep(row)]
-        if not clean or len(kept) != len(rows) or header is None:
-            write_atomic(self.path, "".join([csv_line(columns)] + [csv_line([r[c] for c in columns]) for r in kept]).encode())
         self.rows = kept
+        if not clean or len(kept) != len(rows) or header is None:
+            self._rewrite()
 
     def append(self, row: dict) -> None:
-        line = csv_line([_cell(row.get(column, "")) for column in self.columns]).encode()
+        cells = [_cell(row.get(column, "")) for column in self.columns]
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
-            os.write(fd, line)
+            os.write(fd, _encode(csv_row(cells)))
         finally:
             os.close(fd)
-        self.rows.append({column: _cell(row.get(column, "")) for column in self.columns})
+        self.rows.append(dict(zip(self.columns, cells)))
 
     def remove(self, drop) -> None:
         """Rewrite the file without the rows for which `drop(row)` is true."""
         self.rows = [row for row in self.rows if not drop(row)]
-        write_atomic(self.path, "".join([csv_line(self.columns)] + [csv_line([r[c] for c in self.columns]) for r in self.rows]).encode())
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        write_atomic(self.path, _encode(csv_text(self.columns, ([r[c] for c in self.columns] for r in self.rows))))
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
-    return " ".join(str(value).split())  # one line per row, whatever the error text held
+    return str(value)
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[str] | None, list[dict], bool]:
-    """(header, rows, clean): rows as dicts; clean is False when a torn last line was dropped."""
+    """(header, rows, clean): rows as dicts; clean is False when a torn last record was dropped."""
     if not path.exists():
         return None, [], False
-    text = path.read_text(encoding="utf-8", errors="replace")
-    clean = text.endswith("\n") or not text
-    if not clean:
-        text = text[: text.rfind("\n") + 1]
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
+    records, tail = read_csv(path.read_bytes().decode("utf-8", "surrogateescape"))
+    if not records:
         return None, [], False
+    header = records[0]
     if "id" not in header:
         raise HearflowError(f"{path} is not a hearflow manifest (its header is {header})")
-    rows = [dict(zip(header, values)) for values in reader if len(values) == len(header)]
-    return header, rows, clean
+    rows = [dict(zip(header, values)) for values in records[1:] if len(values) == len(header)]
+    return header, rows, not tail
 
 
 # ---------------------------------------------------------------- reading
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """(mono float32 in [-1, 1], sample rate) from a PCM or float WAV of any rate/channels."""
+    """(mono float32 in [-1, 1], sample rate) from a PCM or float WAV of any rate/channels.
+
+    Strict: a file shorter than its header says (truncated) is a HearflowError, not
+    the samples that are there."""
+    import warnings
+
     from scipy.io import wavfile
 
     try:
-        rate, data = wavfile.read(str(path))
-    except (OSError, ValueError) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", wavfile.WavFileWarning)
+            rate, data = wavfile.read(str(path))
+    except (OSError, ValueError, wavfile.WavFileWarning) as error:
         raise HearflowError(f"{path}: not a readable WAV file ({error})") from None
     if data.dtype == np.uint8:
         audio = (data.astype(np.float32) - 128.0) / 128.0
@@ -242,10 +248,76 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return audio, int(rate)
 
 
+def file_problem(path: Path) -> str | None:
+    """Why the prepared file ``path`` cannot be used, found without decoding it (a few bytes
+    are read): missing, empty, or cut short (a JPEG without its end-of-image marker, a PNG
+    without its end chunk, a WAV or .npy shorter than its header says); None when it looks whole."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            return f"{path} is not a file"
+        if size == 0:
+            return f"{path} is empty (0 bytes)"
+        with open(path, "rb") as handle:
+            kind = {".jpg": _jpeg_problem, ".wav": _wav_problem, ".npy": _npy_problem,
+                    ".png": _png_problem}.get(path.suffix.lower())
+            problem = kind(handle, size) if kind else None
+    except FileNotFoundError:
+        return f"missing {path}"
+    except OSError as error:
+        return f"{path} is unreadable ({error.strerror or error})"
+    return None if problem is None else f"{path} {problem}"
+
+
+def _jpeg_problem(handle, size: int) -> str | None:
+    head = handle.read(2)
+    handle.seek(max(0, size - 64))
+    if head != b"\xff\xd8":
+        return "is not a JPEG file"
+    # Entropy-coded data never holds FF D9 (an FF there is followed by 00 or a restart marker).
+    return None if b"\xff\xd9" in handle.read() else "is truncated (no JPEG end-of-image marker)"
+
+
+def _png_problem(handle, size: int) -> str | None:
+    head = handle.read(8)
+    handle.seek(max(0, size - 12))
+    if head != b"\x89PNG\r\n\x1a\n":
+        return "is not a PNG file"
+    return None if handle.read(12)[4:8] == b"IEND" else "is truncated (no PNG end chunk)"
+
+
+def _wav_problem(handle, size: int) -> str | None:
+    header = handle.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:] != b"WAVE":
+        return "is not a WAV file"
+    position = 12
+    while position + 8 <= size:
+        handle.seek(position)
+        chunk, length = handle.read(4), int.from_bytes(handle.read(4), "little")
+        if chunk == b"data":
+            return None if position + 8 + length <= size else (
+                f"is truncated ({size - position - 8} of its {length} bytes of audio)")
+        position += 8 + length + (length & 1)
+    return "is truncated (no audio data chunk)"
+
+
+def _npy_problem(handle, size: int) -> str | None:
+    try:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(handle)
+    except (ValueError, SyntaxError, EOFError) as error:
+        return f"is not a .npy file ({error})"
+    expected = handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return None if size >= expected else f"is truncated ({size} of {expected} bytes)"
+
+
 def _read_image(path: Path, sample_id: str, flags: int) -> np.ndarray:
-    if not path.is_file():
-        raise HearflowError(f"sample {sample_id!r}: missing {path}")
-    image = cv2.imread(str(path), flags)
+    """Decode a JPEG strictly: HearflowError naming the sample and file when it is missing or damaged."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise HearflowError(f"sample {sample_id!r}: {problem}")
+    image = cv2.imdecode(np.fromfile(path, np.uint8), flags)
     if image is None:
         raise HearflowError(f"sample {sample_id!r}: {path} is not a readable image")
     return image
@@ -257,7 +329,7 @@ def read_flow(path: Path, sample_id: str) -> np.ndarray:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False).astype(np.float32)
         return decode_flow(path.read_bytes())
-    except (OSError, ValueError, HearflowError) as error:
+    except (OSError, ValueError, EOFError, HearflowError) as error:
         raise HearflowError(f"sample {sample_id!r}: {path} is not a readable flow file ({error})") from None
 
 
@@ -309,6 +381,11 @@ class PreparedFolder:
         """Files of `sample_id` that do not exist (empty when the sample is complete)."""
         return [path for path in self.paths(sample_id).values() if not path.is_file()]
 
+    def file_problems(self, sample_id: str) -> list[str]:
+        """What is wrong with the files of `sample_id`, one line each: missing, empty or
+        truncated (`file_problem`, a few bytes read per file); empty when they look whole."""
+        return [problem for path in self.paths(sample_id).values() if (problem := file_problem(path)) is not None]
+
     def read(self, sample_id: str) -> PreparedSample:
         """Load one sample; HearflowError naming the id and the file when something is missing.
 
@@ -331,7 +408,10 @@ class PreparedFolder:
             flow = np.stack([flow_x, flow_y], axis=-1).astype(np.float32)
         if not paths["audio"].is_file():
             raise HearflowError(f"sample {sample_id!r}: missing {paths['audio']}")
-        audio, sample_rate = read_wav(paths["audio"])
+        try:
+            audio, sample_rate = read_wav(paths["audio"])
+        except HearflowError as error:
+            raise HearflowError(f"sample {sample_id!r}: {error}") from None
         return PreparedSample(sample_id, frame, flow, audio, sample_rate)
 
 

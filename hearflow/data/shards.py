@@ -139,6 +139,18 @@ class PreparedShards:
         path = self.shard_path(self.locations[sample_id].shard)
         return [] if path.is_file() else [path]
 
+    def file_problems(self, sample_id: str) -> list[str]:
+        """What is wrong with the files of ``sample_id``, one line each (as `PreparedFolder.file_problems`):
+        its shard missing, or shorter than the index says the sample reaches."""
+        location = self.locations[sample_id]
+        path = self.shard_path(location.shard)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return [f"missing {path}"]
+        end = location.offset + location.size
+        return [] if size >= end else [f"{path} is truncated ({size} bytes; the index places the sample up to {end})"]
+
     def read_span(self, location: Location) -> bytes:
         """The raw tar bytes of one sample (its four members with their headers)."""
         if self._pid != os.getpid():

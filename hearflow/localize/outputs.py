@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -13,7 +12,7 @@ from tqdm import tqdm
 
 from hearflow.data.lists import find_videos
 from hearflow.errors import HearflowError
-from hearflow.io import TMP_MARKER, atomic_file, json_text, write_png
+from hearflow.io import atomic_file, json_text, remove_stale_temporaries, temporary_name, write_png
 from hearflow.localize.localizer import DEFAULT_BATCH_SIZE, Localizer
 from hearflow.localize.steps import LocalizationStep, check_step_options
 from hearflow.localize.stream import FrameReady, StepReady, VideoRun
@@ -102,11 +101,15 @@ def localize_video(
     """
     started = time.perf_counter()
     paths = outputs(out_dir, video_path)
-    silent_overlay = paths["overlay"].with_name(f".{paths['overlay'].stem}.video-only{TMP_MARKER}{os.getpid()}.mp4")
+    video_only = paths["overlay"].with_name(f".{paths['overlay'].stem}.video-only.mp4")
+    silent_overlay = temporary_name(video_only)
     steps_written = 0
     with ExitStack() as cleanup:
         source = cleanup.enter_context(localizer.open(video_path, every, key_frame_only, allow_silent))
         info = source.info
+        # Leftovers of killed runs (whose process is gone: another may be writing the same folder).
+        remove_stale_temporaries(out_dir, [paths["json"].name, paths["overlay"].name, video_only.name], True)
+        remove_stale_temporaries(paths["stills"], [f"{index:06d}.png" for index in range(info.n_frames)], True)
         if not info.has_audio:
             print(f"hearflow: warning: {video_path}: no audio track; localizing with silence", file=sys.stderr)
         paths["json"].parent.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,10 @@ def make_step(similarity: np.ndarray, width: int, height: int, time_s: float | N
     """A `LocalizationStep` from one h x w similarity map, for a frame of ``width x height`` pixels:
     peak_xy from `map_peak`, box from `region_box` around it; sounding_threshold: the calibrated
     decision's threshold (None: ``sounding`` is None)."""
+    if not np.isfinite(similarity).all():
+        where = "" if frame is None else f" at frame {frame} ({time_s:.3f} s)"
+        raise HearflowError(f"the model's map{where} holds NaN or infinite values: the checkpoint is damaged or "
+                            "the input is one the model cannot handle")
     full = heatmap(similarity, width, height)
     peak_xy = map_peak(similarity, width, height)
     confidence = float(map_max(similarity[None])[0])

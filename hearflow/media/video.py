@@ -12,6 +12,8 @@ Times (``time_s``) are seconds from the start of the file (the container's start
 time), on the same clock as `hearflow.media.audio`, so a frame and its audio line up.
 Frames come out in display orientation: the display-matrix rotation of phone
 videos is applied (flips in the matrix are not).
+Frames over MAX_FRAME_PIXELS (8K) are refused, declared (checked before decoding) or
+not (FFmpeg's decoder gets the limit as ``max_pixels``), so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -103,13 +105,22 @@ def _ffmpeg_message(error: Exception) -> str:
 
 
 def _video_stream(container, path):
+    """The first video stream, refused when it declares frames over MAX_FRAME_PIXELS; its decoder
+    gets the limit too, so a frame that turns out larger is a decoding error, not an allocation."""
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         raise HearflowError(f"{path}: no video stream (the file holds {', '.join(kinds)})")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > MAX_FRAME_PIXELS:
+        raise HearflowError(f"{path}: the video declares {width} x {height} frames ({width * height / 1e6:.0f} "
+                            f"megapixels); hearflow reads frames of up to {MAX_FRAME_PIXELS / 1e6:.1f} megapixels, 8192 x 4320")
+    stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(MAX_FRAME_PIXELS)}
+    return stream
 
 
 KEEP_PACKETS_MAX_BYTES = 256 * 2**20  # files up to this size are demuxed into memory once
+MAX_FRAME_PIXELS = 8192 * 4320  # 8K, the largest frame of H.264 / HEVC level 6.2: 106 MB as RGB
 
 
 class VideoFile:
@@ -369,7 +380,7 @@ def _packet_ts(packet) -> int | None:
 
 def _read_by_timestamp(path, info: VideoInfo, index: int, count: int) -> list[np.ndarray] | None:
     with _open(path) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
         stream.codec_context.thread_count = 1  # frame threads would apply the skip setting late
         container.seek(info.seek_pts[index], stream=stream, backward=True, any_frame=False)
         return _collect_frames(container.demux(stream), stream.codec_context, info, index, count, [], path)
@@ -378,7 +389,7 @@ def _read_by_timestamp(path, info: VideoInfo, index: int, count: int) -> list[np
 def _read_by_counting(path, info: VideoInfo, index: int, count: int) -> list[np.ndarray]:
     frames = []
     with _open(path) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
         try:
             for position, frame in enumerate(container.decode(stream)):
                 if position >= index:
@@ -431,7 +442,7 @@ def iter_frame_pairs(path: str | Path, every_s: float | None = None) -> Iterator
     next_time = 0.0
     previous = None  # (index, time_s, image) of a selected frame waiting for its successor
     with _open(path) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         try:
             for position, frame in enumerate(container.decode(stream)):

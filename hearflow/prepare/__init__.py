@@ -4,18 +4,31 @@ Per video: probe (count frames), pick the key frame (the middle one, or the
 ``--keyframes`` entry), read the audio window centred on it, decode the key frame
 and the next one(s) in one pass, compute the flow at the working size, and write
 the frame, flow and audio atomically; the manifest row comes last. Any problem is
-one row in failures.csv with its stage and reason, and the run goes on.
+one row in failures.csv with its stage and reason, and the run goes on. A rerun drops
+the manifest rows of samples whose files are missing or damaged (`file_problem`) and
+prepares them again.
 
 Work runs in worker processes (forkserver or spawn, one thread each), one video at a time
 each; a video that takes longer than the time limit is recorded as a ``timeout``
 failure and its worker is replaced. A rerun skips finished samples, redoes
 half-finished ones, and does not retry recorded failures unless asked.
+
+A run holds a lock on OUT (`hearflow.io.folder_lock`): ``prepare.lock``, exclusive,
+or shared by ``--shard`` runs, each of which also holds ``prepare.shard-I-of-N.lock``
+(shards do disjoint ids and write their own manifests). A full disk, a read-only
+OUT or one the user may not write stops the run with one line (`OutputStorageError`):
+that is not a property of any video, so nothing is recorded as failed and the same
+command finishes the job once there is room.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +39,12 @@ from hearflow.data.prepared import (
     MANIFEST_COLUMNS,
     CsvLog,
     failures_name,
+    file_problem,
     manifest_name,
     sample_paths,
 )
 from hearflow.errors import HearflowError, option
-from hearflow.io import TMP_MARKER, write_atomic
+from hearflow.io import folder_lock, remove_stale_temporaries, storage_problem, write_atomic, write_json
 from hearflow.prepare.video import prepare_video
 from hearflow.prepare.workers import WorkerPool
 
@@ -88,7 +102,9 @@ def _check_recipe(out: Path, recipe: dict) -> None:
     if path.is_file():
         try:
             earlier = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
+            if not isinstance(earlier, dict):
+                raise ValueError(f"it holds a {type(earlier).__name__}, not the recipe")
+        except (OSError, ValueError, RecursionError) as error:
             raise HearflowError(f"{path} is unreadable ({error}); remove it or use a new output folder") from None
         differences = [f"{key} {earlier.get(key)!r} -> {recipe[key]!r}" for key in RECIPE_KEYS if earlier.get(key) != recipe[key]]
         if differences:
@@ -99,19 +115,30 @@ def _check_recipe(out: Path, recipe: dict) -> None:
         return
     from hearflow import __version__
 
-    write_atomic(path, (json.dumps({**recipe, "hearflow_version": __version__}, indent=2) + "\n").encode())
+    write_json(path, {**recipe, "hearflow_version": __version__})
 
 
 def _remove_stale_temporaries(out: Path, sample_ids: set[str], shard) -> None:
-    """Delete ``*.tmp-<pid>`` leftovers of killed runs that belong to this run's samples."""
-    for folder in ("frames", "flow", "audio"):
-        for path in (out / folder).glob(f"*{TMP_MARKER}*"):
-            stem = path.name.split(TMP_MARKER)[0].rsplit(".", 1)[0]
-            if stem in sample_ids:
-                path.unlink(missing_ok=True)
-    for name in (manifest_name(shard), failures_name(shard), "prepare.json"):
-        for path in out.glob(f"{name}{TMP_MARKER}*"):
-            path.unlink(missing_ok=True)
+    """Delete the temporaries killed runs left of this run's files (its samples' and its
+    manifest's; the shared files' only when no shard can be running)."""
+    for kind, folder in (("frame", "frames"), ("flow", "flow"), ("audio", "audio")):
+        remove_stale_temporaries(out / folder, (sample_paths(out, sample_id)[kind].name for sample_id in sample_ids))
+    shared = () if shard is not None else ("prepare.json", "missing_ids.txt")
+    remove_stale_temporaries(out, (manifest_name(shard), failures_name(shard), *shared))
+
+
+def _output_lock(out: Path, shard) -> ExitStack:
+    """The locks a run holds on ``out`` (see the module docstring)."""
+    locks = ExitStack()
+    try:
+        locks.enter_context(folder_lock(out / "prepare.lock", shared=shard is not None,
+                                        busy="`hearflow prepare --shard` run(s)"))
+        if shard is not None:
+            locks.enter_context(folder_lock(out / f"prepare.shard-{shard[0]}-of-{shard[1]}.lock"))
+    except BaseException:
+        locks.close()
+        raise
+    return locks
 
 
 def prepare(
@@ -150,30 +177,77 @@ def prepare(
     summary = PrepareSummary(out=str(out), failures_file=str(out / failures_name(shard)))
     videos = _select_videos(src, ids, shard, summary)
     tasks, input_failures = _tasks(videos, read_keyframes(keyframes) if keyframes is not None else {})
-
-    for folder in ("frames", "flow", "audio"):
-        try:
-            (out / folder).mkdir(parents=True, exist_ok=True)
-        except OSError as error:  # a parent that is a file, no permission, ...
-            raise HearflowError(f"cannot create {out / folder}: {error.strerror or error}") from None
-    _check_recipe(out, recipe)
-    _remove_stale_temporaries(out, {task[2] for task in tasks}, shard)
-    manifest = CsvLog(
-        out / manifest_name(shard),
-        MANIFEST_COLUMNS,
-        keep=lambda row: all(p.is_file() for p in sample_paths(out, row["id"]).values()),
-    )
-    failures = CsvLog(out / failures_name(shard), FAILURE_COLUMNS)
-    if retry_failed:
-        inputs = {str(video) for video in videos}
-        failures.remove(lambda row: row["video"] in inputs)
-    todo = _still_to_do(tasks, input_failures, manifest, failures, summary)
-    if todo:
-        _run_tasks(todo, WorkerPool(min(workers, len(todo)), str(out), recipe, timeout_s), manifest, failures,
-                   summary, progress)
-    if summary.missing_ids:
-        write_atomic(out / "missing_ids.txt", ("\n".join(summary.missing_ids) + "\n").encode())
+    with _output_lock(out, shard), _storage_errors_stop_the_run(out, summary):
+        for folder in ("frames", "flow", "audio"):
+            try:
+                (out / folder).mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as error:  # OUT, or a folder above it, is a file
+                raise HearflowError(f"cannot create {out / folder}: {error.strerror or error}") from None
+        _check_recipe(out, recipe)
+        _remove_stale_temporaries(out, {task[2] for task in tasks}, shard)
+        manifest = CsvLog(
+            out / manifest_name(shard),
+            MANIFEST_COLUMNS,
+            keep=lambda row: all(file_problem(p) is None for p in sample_paths(out, row["id"]).values()),
+        )
+        failures = CsvLog(out / failures_name(shard), FAILURE_COLUMNS)
+        if retry_failed:
+            inputs = {str(video) for video in videos}
+            failures.remove(lambda row: row["video"] in inputs)
+        todo = _still_to_do(tasks, input_failures, manifest, failures, summary)
+        if todo:
+            _run_tasks(todo, WorkerPool(min(workers, len(todo)), str(out), recipe, timeout_s), manifest, failures,
+                       summary, progress)
+        if summary.missing_ids:
+            missing = "\n".join(summary.missing_ids) + "\n"
+            write_atomic(out / "missing_ids.txt", missing.encode("utf-8", "surrogateescape"))
     return summary
+
+
+@contextmanager
+def _storage_errors_stop_the_run(out: Path, summary: PrepareSummary) -> Iterator[None]:
+    """An OSError of OUT's storage inside the block becomes an `OutputStorageError`."""
+    try:
+        yield
+    except OSError as error:
+        if storage_problem(error) is None:
+            raise
+        remaining = summary.inputs - summary.prepared - summary.skipped - summary.failed
+        raise OutputStorageError(out, error, remaining) from None
+
+
+class OutputStorageError(HearflowError):
+    """OUT cannot take more (no space, read-only, not permitted): one line saying what,
+    where and, for a full disk, about how much room the videos still to do need."""
+
+    def __init__(self, out: Path, error: OSError, remaining: int) -> None:
+        problem = storage_problem(error) or str(error)
+        where = error.filename or out
+        text = f"cannot write {where}: {problem}"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            text += f" ({_megabytes(shutil.disk_usage(out).free)} free"
+            per_sample = _sample_bytes(out)
+            if per_sample and remaining > 0:
+                text += (f"; the {remaining} video(s) still to do need about {_megabytes(per_sample * remaining)}, "
+                         f"{_megabytes(per_sample)} per sample")
+            text += "); make room"
+        else:
+            text += f"; make {out} writable"
+        super().__init__(text + ", then rerun the same command: no video was recorded as failed")
+
+
+def _sample_bytes(out: Path, count: int = 20) -> int:
+    """The mean size of the finished samples of ``out`` (up to ``count`` looked at), 0 when none."""
+    sizes = []
+    for path in sorted((out / "flow").glob("*.npy"))[:count]:
+        files = sample_paths(out, path.stem).values()
+        if all(file.is_file() for file in files):
+            sizes.append(sum(file.stat().st_size for file in files))
+    return sum(sizes) // len(sizes) if sizes else 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
 
 
 def _select_videos(src, ids, shard, summary: PrepareSummary) -> list[Path]:
@@ -237,11 +311,14 @@ def _run_tasks(todo, pool: WorkerPool, manifest: CsvLog, failures: CsvLog, summa
     bar = tqdm(total=len(todo), unit="video", desc="prepare", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:
         for task, message in pool.run(todo):
+            if message[0] == "storage":
+                raise OSError(message[2], message[3], message[4])
             if message[0] == "ok":
                 manifest.append(message[2])
                 summary.prepared += 1
             else:
-                failures.append({"id": task[2], "video": task[1], "stage": message[2], "error": message[3]})
+                error = " ".join(message[3].split())  # one line, whatever the error text held
+                failures.append({"id": task[2], "video": task[1], "stage": message[2], "error": error})
                 summary.failed += 1
             bar.update(1)
             bar.set_postfix(failed=summary.failed, refresh=False)
@@ -249,4 +326,5 @@ def _run_tasks(todo, pool: WorkerPool, manifest: CsvLog, failures: CsvLog, summa
         bar.close()
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RECIPE_KEYS", "PrepareSummary", "WorkerPool", "prepare", "prepare_video"]
+__all__ = ["DEFAULT_TIMEOUT_S", "RECIPE_KEYS", "OutputStorageError", "PrepareSummary", "WorkerPool", "prepare",
+           "prepare_video"]

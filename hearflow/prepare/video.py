@@ -6,6 +6,18 @@ from pathlib import Path
 
 from hearflow.data.lists import key_frame_from_one_based
 from hearflow.errors import HearflowError
+from hearflow.io import storage_problem
+
+
+class OutputStorageFull(Exception):
+    """Writing the sample failed because of the output's storage (no space, read-only, not
+    permitted), not the video: the run stops instead of recording a failure. ``error`` is
+    the OSError."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
 
 class StageFailure(Exception):
     """A video that could not be prepared: the stage and the reason."""
@@ -28,6 +40,8 @@ class _Stage:
     def __exit__(self, kind, error, traceback):
         if error is None or isinstance(error, StageFailure) or not isinstance(error, Exception):
             return False
+        if self.name == "write" and isinstance(error, OSError) and storage_problem(error):
+            raise OutputStorageFull(error) from error
         message = str(error) if isinstance(error, HearflowError) else f"{type(error).__name__}: {error}"
         raise StageFailure(self.name, message) from error
 

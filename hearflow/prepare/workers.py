@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
 import signal
+import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from multiprocessing.connection import wait
 
 from hearflow.errors import HearflowError
-from hearflow.prepare.video import StageFailure, prepare_video
+from hearflow.prepare.video import OutputStorageFull, StageFailure, prepare_video
 
 WORKER_START_TIMEOUT_S = 120.0
 
@@ -37,6 +41,8 @@ def _worker_main(connection, out: str, recipe: dict) -> None:
             message = ("ok", number, row)
         except StageFailure as failure:
             message = ("failed", number, failure.stage, failure.message)
+        except OutputStorageFull as full:
+            message = ("storage", number, full.error.errno, full.error.strerror, full.error.filename)
         except Exception as error:  # a bug outside the stages: record it, keep the worker
             message = ("failed", number, "crash", f"{type(error).__name__}: {error}")
         try:
@@ -47,13 +53,41 @@ def _worker_main(connection, out: str, recipe: dict) -> None:
 
 def _worker_context():
     """Forkserver where the platform has it (workers start in milliseconds from a server
-    that has imported the media stack once, and inherit no threads), else spawn."""
+    that has imported the media stack once, and inherit no threads), else spawn.
+
+    The forkserver is a new interpreter whose module path starts with the current
+    folder (Python 3.11 ignores the parent's path there), so a ``hearflow/`` folder in
+    it, such as the clone seen from its parent folder, would shadow the hearflow this
+    process runs; it starts with this hearflow's folder on PYTHONPATH, where a regular
+    package wins over such a folder. (Spawned children take this process's path.)
+    """
     if "forkserver" in multiprocessing.get_all_start_methods():
+        from multiprocessing import forkserver
+
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["hearflow.media.video", "hearflow.media.audio", "hearflow.media.flow",
                                         "hearflow.data.prepared"])
+        with _this_hearflow_on_pythonpath():
+            forkserver.ensure_running()
         return context
     return multiprocessing.get_context("spawn")
+
+
+@contextmanager
+def _this_hearflow_on_pythonpath():
+    """PYTHONPATH with the folder holding this process's ``hearflow`` package first, for the block."""
+    import hearflow
+
+    folder = str(Path(hearflow.__file__).resolve().parent.parent)
+    earlier = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([folder, earlier] if earlier else [folder])
+    try:
+        yield
+    finally:
+        if earlier is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = earlier
 
 
 @dataclass
@@ -85,9 +119,10 @@ class WorkerPool:
             parent.recv()
         except EOFError:
             process.join(5)
+            hint = ("; worker processes re-import the main script, so run prepare from a file or `python -c`, "
+                    "not stdin") if getattr(sys.modules.get("__main__"), "__file__", None) == "<stdin>" else ""
             raise HearflowError(
-                f"a prepare worker failed to start (exit code {process.exitcode}; its error is printed above; "
-                "worker processes re-import the main script, so run prepare from a file or `python -c`, not stdin)"
+                f"a prepare worker failed to start (exit code {process.exitcode}; its error is printed above{hint})"
             ) from None
         worker = _Worker(process, parent)
         self.workers.append(worker)
@@ -101,7 +136,8 @@ class WorkerPool:
         self.workers.remove(worker)
 
     def run(self, tasks):
-        """Yield ``(task, message)`` for every task: ("ok", n, row) or ("failed", n, stage, error)."""
+        """Yield ``(task, message)`` for every task: ("ok", n, row), ("failed", n, stage, error) or
+        ("storage", n, errno, strerror, filename) when the output cannot take the sample."""
         pending = deque(tasks)
         try:
             while pending or any(w.task for w in self.workers):

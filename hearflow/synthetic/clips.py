@@ -29,7 +29,6 @@ annotations and identical files (x264 runs single-threaded, without lookahead).
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 from tqdm import tqdm
 
 from hearflow.errors import HearflowError
-from hearflow.io import write_text
+from hearflow.io import json_text, write_text
 from hearflow.media.encode import write_video
 from hearflow.synthetic.plan import ClipPlan, SynthSettings, plan_clip, synth_classes
 from hearflow.synthetic.render import render_audio, render_frames
@@ -157,9 +156,9 @@ def _normalised(box: tuple[int, int, int, int], settings: SynthSettings) -> list
 
 
 def _write_json(path: Path, records: Any) -> None:
-    """Atomically write JSON; a list is written one entry per line."""
+    """Atomically write strict JSON (`hearflow.io.json_text`); a list is written one entry per line."""
     if isinstance(records, list):
-        text = "[\n" + ",\n".join(json.dumps(record) for record in records) + "\n]\n"
+        text = "[\n" + ",\n".join(json_text(record, indent=None) for record in records) + "\n]\n"
     else:
-        text = json.dumps(records, indent=1) + "\n"
+        text = json_text(records, indent=1) + "\n"
     write_text(path, text)

@@ -47,7 +47,7 @@ from hearflow.data.loading import TrainingData
 from hearflow.data.lists import read_ids
 from hearflow.data.negatives import read_labels
 from hearflow.errors import HearflowError, Problems, option
-from hearflow.io import write_text
+from hearflow.io import remove_stale_temporaries, write_text
 from hearflow.model import HTF, build_model
 from hearflow.objective import get_loss, global_batch_loss
 from hearflow.rng import deterministic_algorithms, seed_everything, set_rng_state
@@ -55,6 +55,7 @@ from hearflow.scoring import AnnotatedSet
 from hearflow.train.run_folder import (
     METRICS_COLUMNS,
     RESUMABLE_CHANGES,
+    RUN_FILES,
     RunPaths,
     RunState,
     check_new_run,
@@ -123,14 +124,20 @@ def train(
     """
     context = distributed.setup(device)
     try:
-        with deterministic_algorithms(deterministic):
-            run_dir = Path(out_dir)
-            checkpoint = last_checkpoint(run_dir) if resume else check_new_run(run_dir)
+        run_dir = Path(out_dir)
+        checkpoint = last_checkpoint(run_dir) if resume else check_new_run(run_dir)
+        with deterministic_algorithms(deterministic), distributed.lock_on_main(context, run_dir / "train.lock"):
+            if context.is_main:
+                remove_stale_temporaries(run_dir, RUN_FILES)
             requested = RunPaths.of(train_dir=train_dir, val_dir=val_dir, val_annotations=val_annotations,
                                     train_ids=train_ids, train_labels=train_labels)
             config, paths = run_config_and_paths(config, requested, checkpoint, run_dir)
             trainer = build(config, paths, run_dir, context, pretrained=pretrained and checkpoint is None,
                             skip_missing=skip_missing, checkpoint=checkpoint)
+            lines = [trainer.train_data.left_out_line("training")]
+            lines += trainer.validation.warning_lines() if trainer.validation is not None else []
+            for line in filter(None, lines if context.is_main else []):
+                tqdm.write(f"hearflow: warning: {line}", file=sys.stderr)
             return fit(trainer, progress)
     finally:
         distributed.teardown(context)
@@ -219,7 +226,7 @@ def train_one_epoch(trainer: Trainer, epoch: int, writer, progress: bool = True)
                                  negative)
         value = loss.item()
         if not math.isfinite(value):
-            raise HearflowError(_nan_message(trainer, value, epoch, step))
+            raise HearflowError(_nan_message(trainer, value, epoch, step, list(batch["id"]), inputs))
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.scaler.scale(loss).backward()
         trainer.scaler.step(trainer.optimizer)
@@ -331,12 +338,23 @@ def _loader(trainer: Trainer, epoch: int):
                                               pin_memory=trainer.context.device.type == "cuda"))
 
 
-def _nan_message(trainer: Trainer, value: float, epoch: int, step: int) -> str:
+def _nan_message(trainer: Trainer, value: float, epoch: int, step: int, ids: list[str],
+                 inputs: tuple[torch.Tensor, ...]) -> str:
+    """Where the loss stopped being finite, what was kept, and the likely cause: samples whose
+    inputs hold NaN or inf (named), else the optimisation."""
     state = trainer.state
     kept = (f"{trainer.run_dir / 'last.pt'} (epoch {state.epoch}) is left as it was" if state.epoch
             else "no checkpoint was written yet")
+    bad = [sample_id for index, sample_id in enumerate(ids)
+           if not all(bool(torch.isfinite(tensor[index]).all()) for tensor in inputs)]
+    if bad:
+        cause = (f"the inputs of sample(s) {', '.join(map(repr, bad[:5]))} of {trainer.paths.train_dir} hold NaN or "
+                 "infinite values: prepare them again or leave them out (--train-ids)")
+    else:
+        shown = ", ".join(map(repr, ids[:4])) + (", ..." if len(ids) > 4 else "")
+        cause = f"the batch's inputs ({shown}) are finite: lower --lr, or try --set train.amp=off"
     return (f"training stopped: the loss is {value} at epoch {epoch}, step {step} (global step "
-            f"{state.global_step + 1}); {kept} (lower {option('--lr', 'train.lr')}, or try --set train.amp=off)")
+            f"{state.global_step + 1}); {kept}; {cause}")
 
 
 def _is_best(state: RunState, row: dict[str, Any]) -> bool:

@@ -37,6 +37,7 @@ METRICS_COLUMNS = (
 )
 
 
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.yaml")  # their temporaries go at the start of a run
 # Fields a resumed run may change: how long it runs and how it loads data.
 RESUMABLE_CHANGES = ("train.epochs", "train.workers")
 
