@@ -339,7 +339,7 @@ def test_output_naming_a_path_that_is_not_utf8_never_stops_the_run(tmp_path):
 
 def test_an_error_raised_again_by_a_loader_worker_is_still_one_line(monkeypatch, capsys):
     """torch re-raises a worker's error with the worker's traceback as its message."""
-    import hearflow.cli
+    import hearflow.cli.models
     from hearflow.errors import HearflowError
     from torch._utils import ExceptionWrapper
 
@@ -349,7 +349,7 @@ def test_an_error_raised_again_by_a_loader_worker_is_still_one_line(monkeypatch,
         except HearflowError:
             ExceptionWrapper(where="in DataLoader worker process 0").reraise()
 
-    monkeypatch.setattr(hearflow.cli, "_run_presets", failing_in_a_worker)
+    monkeypatch.setattr(hearflow.cli.models, "_run_presets", failing_in_a_worker)
     assert main(["presets"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "hearflow: error: sample 'x': /data/frames/x.jpg is truncated (no JPEG end-of-image marker)"]
