@@ -229,12 +229,15 @@ def test_nan_loss_stops_and_leaves_the_last_checkpoint(synth_set, tmp_path, monk
 def test_a_nan_in_a_data_file_is_named_instead_of_blaming_the_learning_rate(synth_set, tmp_path):
     import numpy as np
 
+    from hearflow.data.prepared import read_flow
+
     folder = synth_set.copy_prepared(tmp_path / "prepared")
     ids = synth_set.ids()[:8]
-    flow_path = folder / "flow" / f"{ids[5]}.npy"
-    flow = np.load(flow_path)
-    flow[:, :, 0] = np.nan  # a damaged flow file: NaN where numbers should be
-    np.save(flow_path, flow)
+    png = folder / "flow" / f"{ids[5]}.png"
+    flow = read_flow(png, ids[5])
+    flow[:, :, 0] = np.nan  # a damaged flow file (an earlier version's .npy): NaN where numbers should be
+    np.save(png.with_suffix(".npy"), flow.astype(np.float16))
+    png.unlink()
     with pytest.raises(HearflowError) as error:
         train(small_config(), folder, tmp_path / "run", train_ids=_ids_file(tmp_path / "ids.txt", ids))
     message = str(error.value)

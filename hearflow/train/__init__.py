@@ -126,23 +126,22 @@ def train(
     try:
         run_dir = Path(out_dir)
         checkpoint = last_checkpoint(run_dir) if resume else check_new_run(run_dir)
+        requested = RunPaths.of(train_dir=train_dir, val_dir=val_dir, val_annotations=val_annotations,
+                                train_ids=train_ids, train_labels=train_labels)
+        config, paths = run_config_and_paths(config, requested, checkpoint, run_dir)
+        trainer = build(config, paths, run_dir, context, pretrained=pretrained and checkpoint is None,
+                        skip_missing=skip_missing, checkpoint=checkpoint)
+        lines = [trainer.train_data.left_out_line("training")]
+        lines += trainer.validation.warning_lines() if trainer.validation is not None else []
+        for line in filter(None, lines if context.is_main else []):
+            tqdm.write(f"hearflow: warning: {line}", file=sys.stderr)
+        # the lock comes after every check, so a run refused by them leaves no folder behind
         with deterministic_algorithms(deterministic), distributed.lock_on_main(context, run_dir / "train.lock"):
             if context.is_main:
                 remove_stale_temporaries(run_dir, RUN_FILES)
-            requested = RunPaths.of(train_dir=train_dir, val_dir=val_dir, val_annotations=val_annotations,
-                                    train_ids=train_ids, train_labels=train_labels)
-            config, paths = run_config_and_paths(config, requested, checkpoint, run_dir)
-            trainer = build(config, paths, run_dir, context, pretrained=pretrained and checkpoint is None,
-                            skip_missing=skip_missing, checkpoint=checkpoint)
-            lines = [trainer.train_data.left_out_line("training")]
-            lines += trainer.validation.warning_lines() if trainer.validation is not None else []
-            for line in filter(None, lines if context.is_main else []):
-                tqdm.write(f"hearflow: warning: {line}", file=sys.stderr)
             return fit(trainer, progress)
     finally:
         distributed.teardown(context)
-
-
 
 
 class Embedder(nn.Module):
