@@ -48,7 +48,7 @@ def add_serve(commands) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                         "only; 0.0.0.0 for every network the machine is on)")
     parser.add_argument("--clips", metavar="DIR", help="a folder of videos the page offers to pick from")
-    parser.add_argument("--max-upload-mb", type=float, default=200, help="largest upload accepted, in MB "
+    parser.add_argument("--max-upload-mb", type=float, default=200, metavar="MB", help="largest upload accepted, in MB "
                         "(default 200)")
     parser.add_argument("--every", type=float, metavar="SECONDS",
                         help="one step at the first frame at or after each multiple of SECONDS (default: every frame)")

@@ -96,7 +96,12 @@ def from_pretrained(source: str | Path, map_location: str | torch.device = "cpu"
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> HTF:
     """`hearflow.load`: a checkpoint file, a local Hub folder or ``hf://USER/REPO[@REVISION]``."""
-    return model_from_checkpoint(read_any(path), path, map_location)[0]
+    return load_model(path, map_location)[0]
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HTF, InferenceOptions]:
+    """`hearflow.checkpoint.load_model` of a checkpoint file, a Hub folder or an ``hf://`` name."""
+    return model_from_checkpoint(read_any(path), path, map_location)
 
 
 def read_any(path: str | Path) -> dict[str, Any]:
