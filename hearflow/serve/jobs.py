@@ -92,7 +92,8 @@ class Jobs:
             written = localize_video(self.localizer, job.video, job.folder / "out", every=self.every, progress=False,
                                      on_frame=job.progress)
             result = json.loads(Path(written["json"]).read_text(encoding="utf-8"))
-            result["video"] = job.name  # not the server's temporary path
+            result["video"] = job.name  # the names, not the server's paths
+            result["checkpoint"] = Path(result["checkpoint"]).name if result.get("checkpoint") else None
             with job.lock:
                 job.state, job.result, job.overlay = "done", result, Path(written["overlay"])
         except Exception as error:  # a bad clip fails its job; the server keeps running
