@@ -122,6 +122,9 @@ def test_loading_never_unpickles_and_bad_folders_are_one_error(checkpoint, tmp_p
     with pytest.raises(HearflowError, match=r"cannot read .*model.safetensors: not a safetensors file"):
         from_pretrained(folder)
     assert not marker.exists()
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(HearflowError, match=r"config.json: its JSON is nested too deeply"):
+        from_pretrained(folder)
     (folder / "config.json").write_text(json.dumps({"format": "something-else", "config": {}}))
     with pytest.raises(HearflowError, match=r"config.json is not a hearflow Hub config"):
         from_pretrained(folder)
@@ -139,8 +142,12 @@ class RecordingApi:
         self.calls.append(("create_repo", repo_id, private, exist_ok))
         return f"https://huggingface.co/{repo_id}"
 
+    def create_branch(self, repo_id, branch, exist_ok=False):
+        self.calls.append(("create_branch", repo_id, branch, exist_ok))
+
     def upload_folder(self, repo_id, folder_path, revision=None, commit_message=None):
         files = sorted(p.name for p in Path(folder_path).iterdir())
+        RecordingApi.card = (Path(folder_path) / "README.md").read_text()
         self.calls.append(("upload_folder", repo_id, revision, commit_message, files))
 
 
@@ -151,5 +158,12 @@ def test_push_uploads_the_hub_folder(checkpoint, monkeypatch, capsys):
     assert RecordingApi.calls == [("create_repo", "ada/htf-demo", True, True),
                                   ("upload_folder", "ada/htf-demo", None, "hearflow: upload last.pt", HUB_FILES)]
     assert "https://huggingface.co/ada/htf-demo" in capsys.readouterr().out
+    RecordingApi.calls = []
+    results = checkpoint.parent / "other-results.json"
+    results.write_text(json.dumps({**RESULTS, "ciou_at_0_5": 0.5}))
+    assert main(["push", str(checkpoint), "ada/htf-demo@dev", "--results", str(results), "--message", "epoch 4"]) == 0
+    assert RecordingApi.calls == [("create_repo", "ada/htf-demo", False, True), ("create_branch", "ada/htf-demo", "dev", True),
+                                  ("upload_folder", "ada/htf-demo", "dev", "epoch 4", HUB_FILES)]
+    assert "| cIoU@0.5 | 0.5000 |" in RecordingApi.card  # --results, not the results.json beside the checkpoint
     assert main(["push", str(checkpoint), "not-a-repo"]) == 1
     assert "not-a-repo: not a Hub repository name" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """`hearflow serve`: the jobs' API with Flask's test client (known answers from a bright-square
-model), then the page itself in a real headless Chromium: upload, progress, the overlay plays,
-the JSON is shown (and a screenshot is taken)."""
+model), then the page itself in a real headless Chromium: a bad file's message, an upload, the
+overlay plays, the JSON is shown, and a screenshot is taken."""
 
 from __future__ import annotations
 
@@ -150,7 +150,12 @@ def test_the_page_in_a_headless_browser_uploads_plays_and_shows_the_json(clip, t
         browser.get(f"http://127.0.0.1:{server.effective_port}/")
         wait = WebDriverWait(browser, 120)
         wait.until(lambda b: "calibrated" in b.find_element(By.ID, "model").text)
-        browser.find_element(By.ID, "clip-file").send_keys(str(clip))
+        broken = tmp_path / "broken.mp4"
+        broken.write_text("not a video")
+        browser.find_element(By.ID, "clip-file").send_keys(str(broken))
+        browser.find_element(By.ID, "upload").click()
+        wait.until(lambda b: b.find_element(By.ID, "error").text.startswith("broken.mp4"))  # said on the page
+        browser.find_element(By.ID, "clip-file").send_keys(str(clip))  # and the server still answers
         browser.find_element(By.ID, "upload").click()
         wait.until(lambda b: b.execute_script("return document.getElementById('overlay').readyState") >= 2)
         browser.execute_script("const v = document.getElementById('overlay'); v.muted = true; v.play();")

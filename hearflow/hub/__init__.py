@@ -11,8 +11,8 @@ A *Hub folder* (what `save_pretrained` writes, what ``hearflow push`` uploads)::
                          results.json, the command that trained it
     results.json         `hearflow evaluate --out`'s results, when given or found
 
-`from_pretrained` (and `hearflow.load`, `Localizer.from_checkpoint`, every
-``--checkpoint``) reads a local Hub folder or ``hf://USER/REPO[@REVISION]``, which
+`from_pretrained` (and `hearflow.load`, `Localizer.from_checkpoint`, and the
+``--checkpoint`` of localize, evaluate, export and serve) reads a local Hub folder or ``hf://USER/REPO[@REVISION]``, which
 `huggingface_hub.snapshot_download` fetches into its cache (only the files above;
 ``HF_HUB_OFFLINE=1`` uses the cache alone). Loading parses JSON and safetensors only:
 nothing from a repository is ever executed or unpickled. What a resume needs
@@ -146,6 +146,8 @@ def push(checkpoint: str | Path, repo: str, results: str | Path | None = None, p
         save_pretrained(checkpoint, folder, results=results, repo=repo_id)
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
             api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
                               commit_message=message or f"hearflow: upload {Path(checkpoint).name}")
         except Exception as error:  # no token, no permission, no network: one line
@@ -192,6 +194,8 @@ def _read_header(path: Path) -> dict[str, Any]:
         raise HearflowError(f"{path.parent}: no {CONFIG}; not a hearflow Hub folder") from None
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise HearflowError(f"cannot read {path}: {_first_line(error)}") from None
+    except RecursionError:
+        raise HearflowError(f"cannot read {path}: its JSON is nested too deeply to be a config") from None
     if not isinstance(header, dict) or header.get("format") != HUB_FORMAT:
         raise HearflowError(f"{path} is not a hearflow Hub config (its \"format\" is not {HUB_FORMAT!r})")
     if not isinstance(header.get("config"), dict):
