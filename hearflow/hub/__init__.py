@@ -84,6 +84,8 @@ def save_pretrained(source: str | Path | HTF, folder: str | Path, results: str |
     write_text(folder / TRAIN_CONFIG, Config.from_dict(header["config"]).to_yaml())
     if table is not None:
         write_json(folder / RESULTS, table)
+    else:
+        (folder / RESULTS).unlink(missing_ok=True)  # an earlier save's results are not this model's
     write_text(folder / CARD, model_card(header, table, repo or folder.name))
     return folder
 
@@ -119,7 +121,7 @@ def read_hub_checkpoint(source: str | Path) -> dict[str, Any]:
     try:
         state = _safetensors().torch.load_file(str(weights))
     except Exception as error:  # safetensors raises its own error types for damaged files
-        raise HearflowError(f"cannot read {weights}: not a safetensors file or a damaged one ({error})") from None
+        raise HearflowError(f"cannot read {weights}: not a safetensors file or a damaged one ({_first_line(error)})") from None
     records = {key: value for key, value in header.items() if key not in ("format", "hearflow_version")}
     return {**records, "format": FORMAT, "hearflow_version": header.get("hearflow_version"), "state_dict": state}
 
