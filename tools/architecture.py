@@ -100,15 +100,18 @@ def graph() -> dict[str, set[str]]:
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """Import cycles among modules (each reported once, from its smallest name)."""
+    """Import cycles among modules (each reported once, from its smallest name; every strongly
+    connected group of modules shows at least one of its cycles)."""
     found, state = [], {}
 
     def visit(node: str, trail: list[str]) -> None:
         state[node] = "open"
         for target in sorted(edges.get(node, ())):
-            if state.get(target) == "open":
-                cycle = trail[trail.index(target):] + [target]
-                if min(cycle[:-1]) == cycle[0]:
+            if state.get(target) == "open":  # a cycle, reported from its smallest name whatever the way in
+                cycle = trail[trail.index(target):]
+                start = cycle.index(min(cycle))
+                cycle = cycle[start:] + cycle[:start] + [cycle[start]]
+                if cycle not in found:
                     found.append(cycle)
             elif target not in state:
                 visit(target, trail + [target])
