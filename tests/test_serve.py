@@ -119,6 +119,46 @@ def test_the_server_listens_on_localhost_by_default_and_cleans_up(tmp_path):
     assert main(["serve", "--checkpoint", str(tmp_path / "missing.pt")]) == 1
 
 
+@pytest.mark.slow
+def test_hearflow_serve_starts_with_one_command_and_stops_clean(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    import torch
+
+    from hearflow import build_model
+    from hearflow.checkpoint import save_checkpoint
+    from hearflow.synthetic.presets import demo_config
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model.pt", build_model(config=demo_config("cpu-small")))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    server = subprocess.Popen([sys.executable, "-m", "hearflow.cli", "serve", "--checkpoint", str(tmp_path / "model.pt"),
+                               "--port", str(port), "--device", "cpu"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, info = time.monotonic() + 120, None
+        while info is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                info = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=5).read())
+            except OSError:
+                time.sleep(0.3)
+        assert info == {"checkpoint": "model.pt", "calibrated": False, "sounding_threshold": None,
+                        "trained_on_synthetic": False, "clips": [], "max_upload_mb": 200}
+        assert len(list((tmp_path / "tmp").glob("hearflow-serve-*"))) == 1
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, errors = server.communicate(timeout=60)
+    assert f"on http://127.0.0.1:{port}/" in errors
+    assert list((tmp_path / "tmp").glob("hearflow-serve-*")) == []  # the uploads' temporary folder is gone
+
+
 def _browser():
     """A headless Chromium driven by its chromedriver (Debian: apt-get install chromium chromium-driver)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
