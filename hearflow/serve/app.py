@@ -21,7 +21,7 @@ from werkzeug.utils import secure_filename
 
 from hearflow.data.lists import find_videos
 from hearflow.localize import Localizer
-from hearflow.serve.jobs import Jobs
+from hearflow.serve.jobs import Jobs, shown_checkpoint
 
 
 def create_app(localizer: Localizer, workdir: str | Path, clips: str | Path | None = None,
@@ -43,7 +43,7 @@ def create_app(localizer: Localizer, workdir: str | Path, clips: str | Path | No
 
     @app.get("/api/info")
     def info():
-        return jsonify(checkpoint=Path(localizer.checkpoint).name if localizer.checkpoint else None,
+        return jsonify(checkpoint=shown_checkpoint(localizer.checkpoint),
                        calibrated=localizer.options.sounding_threshold is not None,
                        sounding_threshold=localizer.options.sounding_threshold,
                        trained_on_synthetic=localizer.trained_on_synthetic, clips=sorted(offered),

@@ -93,7 +93,7 @@ class Jobs:
                                      on_frame=job.progress)
             result = json.loads(Path(written["json"]).read_text(encoding="utf-8"))
             result["video"] = job.name  # the names, not the server's paths
-            result["checkpoint"] = Path(result["checkpoint"]).name if result.get("checkpoint") else None
+            result["checkpoint"] = shown_checkpoint(result.get("checkpoint"))
             with job.lock:
                 job.state, job.result, job.overlay = "done", result, Path(written["overlay"])
         except Exception as error:  # a bad clip fails its job; the server keeps running
@@ -105,6 +105,13 @@ class Jobs:
         for job in finished[: max(0, len(finished) - KEEP_JOBS)]:
             del self.jobs[job.id]
             shutil.rmtree(job.folder, ignore_errors=True)
+
+
+def shown_checkpoint(checkpoint: str | None) -> str | None:
+    """How the page names a checkpoint: an ``hf://`` name as it is, a file or folder by its name only."""
+    if not checkpoint:
+        return None
+    return checkpoint if checkpoint.startswith("hf://") else Path(checkpoint).name
 
 
 def _message(error: Exception, job: Job) -> str:
