@@ -73,8 +73,8 @@ def test_an_upload_is_localized_with_its_steps_and_a_seekable_overlay(app, clip,
     assert result["video"] == "my clip.mp4" and (result["width"], result["height"]) == (160, 120)
     assert len(result["steps"]) == FRAMES
     assert all(inside(step["peak_xy"], BOX) and step["sounding"] is True for step in result["steps"])
-    partial = client.get(status["overlay"], headers={"Range": "bytes=0-99"})
-    assert partial.status_code == 206 and len(partial.data) == 100 and partial.data[4:8] == b"ftyp"
+    with client.get(status["overlay"], headers={"Range": "bytes=0-99"}) as partial:  # the player can seek
+        assert partial.status_code == 206 and len(partial.data) == 100 and partial.data[4:8] == b"ftyp"
     job_folder = tmp_path / "work" / status["id"]
     assert (job_folder / "upload" / "my_clip.mp4").read_bytes() == clip.read_bytes()  # only in the work folder
 
