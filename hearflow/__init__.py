@@ -3,7 +3,10 @@
 The public API is small:
 
 - ``build_model(preset="htf", pretrained=False, **overrides)``: a fresh model;
-- ``load(path)``: a model from a hearflow or released checkpoint, in eval mode;
+- ``load(path)``: a model from a hearflow or released checkpoint, a Hub folder or
+  ``hf://USER/REPO[@REVISION]``, in eval mode;
+- ``from_pretrained(source)`` / ``save_pretrained(checkpoint_or_model, folder)``: models
+  on the Hugging Face Hub (safetensors + JSON + a model card; ``pip install "hearflow[hub]"``);
 - ``Localizer``: heatmaps of the sound source for any video;
 - ``Config``: the configuration every model, checkpoint and run carries;
 - ``HearflowError``: the one exception for problems a user can act on.
@@ -19,7 +22,9 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 _LAZY = {
     "build_model": "hearflow.model",
-    "load": "hearflow.checkpoint",
+    "load": "hearflow.hub",
+    "from_pretrained": "hearflow.hub",
+    "save_pretrained": "hearflow.hub",
     "Localizer": "hearflow.localize",
     "Config": "hearflow.config",
     "HearflowError": "hearflow.errors",

@@ -207,7 +207,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, flow_fusion: floa
     graph) and ``hearflow_version``. flow_fusion: None takes the checkpoint's default.
     """
     from hearflow import __version__
-    from hearflow.checkpoint import load_model
+    from hearflow.hub import load_model
     from hearflow.io import write_atomic
 
     model, recorded = load_model(checkpoint)

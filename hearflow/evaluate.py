@@ -19,7 +19,7 @@ import numpy as np
 
 from hearflow import distributed
 from hearflow.backends import make_backend
-from hearflow.checkpoint import load_model
+from hearflow.hub import load_model
 from hearflow.config import negative_kinds
 from hearflow.data.annotations import Annotations
 from hearflow.data.dataset import PreparedDataset

@@ -187,6 +187,16 @@ def test_rotated_video_is_localized_upright(tmp_path):
     assert frames[0].shape == (160, 96, 3)
 
 
+def test_on_frame_reports_each_decoded_frame_of_the_total(tmp_path):
+    """`hearflow serve`'s progress: on_frame(done, total) once per frame, up to (n, n)."""
+    path = write_video(tmp_path / "clip.mp4", fps=FPS, size=(96, 64), frames=[square_frame(96, 64, (10, 10, 40, 40))] * 18,
+                       audio=tone_track(0.8, 16000))
+    calls = []
+    localize_video(Localizer(BrightSpotModel(), device="cpu"), path, tmp_path / "out", every=0.25,
+                   progress=False, on_frame=lambda done, total: calls.append((done, total)))
+    assert calls == [(done, 18) for done in range(1, 19)]
+
+
 def test_overlay_holds_each_heatmap_until_the_next_step(tmp_path):
     """Steps at frames 0 and 25; the square moves at frame 10, the heat stays on the left until frame 25."""
     left, right = (10, 40, 50, 90), (110, 40, 150, 90)

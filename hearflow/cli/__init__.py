@@ -1,6 +1,6 @@
 """The `hearflow` command: parses arguments, resolves the config and calls one stage.
 
-No logic lives here. Each sub-command has one `add_<name>` function (in `data`, `models` or `apps`) that
+No logic lives here. Each sub-command has one `add_<name>` function (in `data`, `models`, `apps` or `share`) that
 declares its options and names the function that runs it. Options that set a config field
 have that field as their ``dest`` (``--epochs`` is ``train.epochs``), so every command
 builds its config the same way (`hearflow.config.resolve`: preset < --config <
@@ -17,6 +17,7 @@ from hearflow import __version__
 from hearflow.cli.apps import add_demo, add_localize
 from hearflow.cli.data import add_pack, add_prepare, add_synth
 from hearflow.cli.models import add_calibrate, add_evaluate, add_export, add_presets, add_train
+from hearflow.cli.share import add_push, add_serve
 from hearflow.errors import HearflowError
 
 COMMANDS = [  # in pipeline order
@@ -28,6 +29,8 @@ COMMANDS = [  # in pipeline order
     add_evaluate,
     add_localize,
     add_export,
+    add_push,
+    add_serve,
     add_demo,
     add_presets,
 ]

@@ -19,7 +19,8 @@ def add_localize(commands) -> None:
     )
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video file(s) with an audio track, or folders "
                         "of them (searched recursively, as prepare does)")
-    parser.add_argument("--checkpoint", required=True, help="hearflow .pt or released .pth/.ckpt checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="hearflow .pt or released .pth/.ckpt checkpoint, "
+                        "a Hub folder or hf://USER/REPO[@REVISION]")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--every", type=float, metavar="SECONDS",

@@ -83,7 +83,8 @@ def add_evaluate(commands) -> None:
         "benchmark protocol; prints a table and optionally writes results.json, a per-sample CSV "
         "and overlays of the best and worst maps.",
     )
-    parser.add_argument("--checkpoint", required=True, help="hearflow .pt or released .pth/.ckpt checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="hearflow .pt or released .pth/.ckpt checkpoint, "
+                        "a Hub folder or hf://USER/REPO[@REVISION]")
     parser.add_argument("--data", required=True, metavar="DIR", help="prepared test folder, or its shards "
                         "(`hearflow pack`)")
     parser.add_argument("--annotations", required=True, metavar="PATH",
@@ -191,7 +192,8 @@ def add_export(commands) -> None:
         "The file's metadata holds the config (hearflow_config, JSON: the preprocessing) and the inference "
         "options fixed in the graph (hearflow_inference). Needs the onnx package (pip install 'hearflow[onnx]').",
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="hearflow .pt or released .pth/.ckpt checkpoint")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="hearflow .pt or released .pth/.ckpt checkpoint, "
+                        "a Hub folder or hf://USER/REPO[@REVISION]")
     parser.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
     parser.add_argument("--flow-fusion", type=float, metavar="ALPHA",
                         help="late fusion fixed in the graph (default: the checkpoint's, 0)")

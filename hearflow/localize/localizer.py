@@ -87,11 +87,12 @@ class Localizer:
         cls, path: str | Path, device: str = "auto", flow_fusion: float | None = None,
         sounding_threshold: float | None = None, **options
     ) -> "Localizer":
-        """A Localizer for a hearflow or released checkpoint (see `hearflow.load`); inference
-        options left as None take the checkpoint's recorded defaults."""
-        from hearflow.checkpoint import load_checkpoint, model_from_checkpoint, trained_on_synthetic
+        """A Localizer for a hearflow or released checkpoint, a Hub folder or ``hf://USER/REPO``
+        (see `hearflow.load`); inference options left as None take the checkpoint's recorded defaults."""
+        from hearflow.checkpoint import model_from_checkpoint, trained_on_synthetic
+        from hearflow.hub import read_any
 
-        raw = load_checkpoint(path, map_location="cpu")
+        raw = read_any(path)
         model, recorded = model_from_checkpoint(raw, path, map_location="cpu")
         chosen = recorded.with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold)
         localizer = cls(model, device=device, checkpoint=str(path), flow_fusion=chosen.flow_fusion,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -86,6 +86,7 @@ def localize_video(
     png: bool = False,
     allow_silent: bool = False,
     progress: bool = True,
+    on_frame: Callable[[int, int], None] | None = None,
 ) -> LocalizedVideo:
     """Localize one video and write its outputs (see `outputs`); returns the paths written
     (a `LocalizedVideo`: a dict of paths with the run's counts).
@@ -98,23 +99,19 @@ def localize_video(
     muxed back (H.264 + AAC); with `png`, ``{stem}.steps/{frame:06d}.png``: each step's
     frame with its heatmap, box and peak (the faded heatmap alone when not sounding).
     progress: a bar of frames (with frames/s) on stderr.
+    on_frame: called as ``on_frame(done, total)`` after each frame is decoded (``done`` of the
+    video's ``total`` frames), from the decoding thread: a job's progress (`hearflow serve`).
+    An exception it raises stops the run.
     """
-    started = time.perf_counter()
-    paths = outputs(out_dir, video_path)
+    started, steps_written, paths = time.perf_counter(), 0, outputs(out_dir, video_path)
     video_only = paths["overlay"].with_name(f".{paths['overlay'].stem}.video-only.mp4")
     silent_overlay = temporary_name(video_only)
-    steps_written = 0
     with ExitStack() as cleanup:
         source = cleanup.enter_context(localizer.open(video_path, every, key_frame_only, allow_silent))
         info = source.info
-        # Leftovers of killed runs (whose process is gone: another may be writing the same folder).
-        remove_stale_temporaries(out_dir, [paths["json"].name, paths["overlay"].name, video_only.name], True)
-        remove_stale_temporaries(paths["stills"], [f"{index:06d}.png" for index in range(info.n_frames)], True)
+        _prepare_folder(out_dir, paths, video_only, info, png)
         if not info.has_audio:
             print(f"hearflow: warning: {video_path}: no audio track; localizing with silence", file=sys.stderr)
-        paths["json"].parent.mkdir(parents=True, exist_ok=True)
-        if png:
-            paths["stills"].mkdir(exist_ok=True)
         header = {"video": str(video_path), "fps": round(info.fps, 6), "width": info.width,
                   "height": info.height, "checkpoint": localizer.checkpoint}
         cleanup.callback(silent_overlay.unlink, missing_ok=True)
@@ -127,6 +124,7 @@ def localize_video(
         bar = cleanup.enter_context(tqdm(total=info.n_frames if keep_frames or not key_frame_only else None,
                                          unit="frame", desc=Path(video_path).name, file=sys.stderr, leave=False,
                                          disable=not progress))
+        bar = bar if on_frame is None else _Progress(bar, on_frame, info.n_frames)
         with steps_json(paths["json"], header) as steps:
             for event in VideoRun(localizer, source, every, key_frame_only, keep_frames, bar):
                 if isinstance(event, StepReady):
@@ -141,6 +139,28 @@ def localize_video(
     written = {kind: path for kind, path in paths.items()
                if kind == "json" or (kind == "overlay" and video) or (kind == "stills" and png)}
     return LocalizedVideo(written, str(video_path), info.n_frames, steps_written, time.perf_counter() - started)
+
+
+def _prepare_folder(out_dir: str | Path, paths: dict[str, Path], video_only: Path, info, png: bool) -> None:
+    """The output folder (and stills folder) made, without the leftovers of killed runs (whose
+    process is gone: another may be writing the same folder)."""
+    remove_stale_temporaries(out_dir, [paths["json"].name, paths["overlay"].name, video_only.name], True)
+    remove_stale_temporaries(paths["stills"], [f"{index:06d}.png" for index in range(info.n_frames)], True)
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
+    if png:
+        paths["stills"].mkdir(exist_ok=True)
+
+
+class _Progress:
+    """The frame bar, with `localize_video`'s ``on_frame`` called beside each update."""
+
+    def __init__(self, bar: tqdm, on_frame: Callable[[int, int], None], total: int) -> None:
+        self.bar, self.on_frame, self.total, self.done = bar, on_frame, total, 0
+
+    def update(self, count: int = 1) -> None:
+        self.bar.update(count)
+        self.done += count
+        self.on_frame(min(self.done, self.total), self.total)
 
 
 def _write_frame(event: FrameReady, writer: VideoWriter | None, stills: Path | None) -> None:
