@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from hearflow.config import Config, InferenceOptions
+from hearflow.config import Config
+from hearflow.inference import InferenceOptions
 from hearflow.errors import HearflowError
 from hearflow.io import atomic_file, storage_problem
 from hearflow.model import HTF, build_model
@@ -191,7 +192,8 @@ def _recorded_options(checkpoint: dict[str, Any]) -> InferenceOptions:
     if unknown:
         raise HearflowError(f"unknown inference option(s) {', '.join(unknown)}")
     try:
-        values = {name: None if value is None else float(value) for name, value in recorded.items()}
+        values = {name: value if value is None or name == "object_weights" else float(value)
+                  for name, value in recorded.items()}
     except (TypeError, ValueError):
         raise HearflowError("its inference options are not numbers") from None
     return InferenceOptions(**values).validate()

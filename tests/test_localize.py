@@ -348,7 +348,7 @@ def test_sounding_is_the_calibrated_decision_on_the_confidence():
 
 def test_a_calibrated_checkpoint_writes_sounding_and_fades_the_overlay(tmp_path, checkpoint, clip):
     from hearflow.checkpoint import load_model, record_inference
-    from hearflow.config import InferenceOptions
+    from hearflow.inference import InferenceOptions
 
     calibrated = record_inference(checkpoint, InferenceOptions(sounding_threshold=5.0), tmp_path / "calibrated.pt")
     assert load_model(calibrated)[1].sounding_threshold == 5.0

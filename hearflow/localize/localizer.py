@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hearflow.backends import make_backend
-from hearflow.config import InferenceOptions
+from hearflow.inference import InferenceOptions
 from hearflow.data.prepared import as_stored
 from hearflow.data.transforms import audio_window_length, sample_tensors
 from hearflow.distributed import resolve_device
