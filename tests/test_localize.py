@@ -36,7 +36,7 @@ from hearflow.synthetic.presets import demo_config
 from media_fixtures import tone_track, write_video
 
 FPS = 25
-JSON_KEYS = {"video", "fps", "width", "height", "checkpoint", "steps"}
+JSON_KEYS = {"video", "fps", "width", "height", "checkpoint", "object_fusion", "steps"}
 STEP_KEYS = {"time_s", "frame", "peak_xy", "box", "confidence", "sounding"}
 
 
@@ -233,7 +233,7 @@ def test_cli_writes_json_overlay_and_stills(tmp_path, checkpoint, clip, capsys):
     stem = clip.stem
     report = json.loads((out / f"{stem}.json").read_text())
     assert set(report) == JSON_KEYS
-    assert (report["video"], report["checkpoint"]) == (str(clip), str(checkpoint))
+    assert (report["video"], report["checkpoint"], report["object_fusion"]) == (str(clip), str(checkpoint), 0.0)
     assert (report["fps"], report["width"], report["height"]) == (FPS, 128, 96)
     assert [step["frame"] for step in report["steps"]] == list(range(0, 50, 5))
     for step in report["steps"]:
