@@ -4,6 +4,7 @@ flow prior, and SLAVC's exact resume (its momentum encoders in the checkpoint)."
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -258,3 +259,32 @@ def test_slavc_resume_continues_exactly_with_its_momentum_encoders(synth_set, tm
     assert momentum and any(not torch.equal(first[name], straight.state_dict()[name]) for name in momentum)
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+@pytest.mark.slow
+def test_the_method_axis_runs_on_the_small_setting(tmp_path, monkeypatch):
+    """A smoke test of the study's method rows on tiny data (not a result): SLAVC trained then blended
+    with the synthetic trunk (OGL), EZ-VSL with the learned prior; the small setting's clips."""
+    import functools
+
+    import hearflow.synthetic.study as study
+    from hearflow.synthetic.lab import SIZES, DemoSize
+
+    monkeypatch.setitem(SIZES, "quick", DemoSize(train_clips=64, test_clips=8, epochs=1))
+    monkeypatch.setattr(study, "make_pretrained_weights",
+                        functools.partial(study.make_pretrained_weights, images_per_class=4, epochs=1))
+    summary = study.run_study(tmp_path, rows=["slavc-ogl", "ezvsl-prior"], seeds=(0,), settings=["small"],
+                              quick=True, workers=1, progress=False)
+    runs = tmp_path / "small" / "data-seed0" / "runs"
+    assert load_checkpoint(runs / "slavc" / "last.pt")["config"]["objective"]["loss"] == "slavc"
+    prior = load_checkpoint(runs / "ezvsl-prior" / "last.pt")["config"]
+    assert (prior["objective"]["loss"], prior["model"]["prior"], prior["model"]["projection"]) == ("ezvsl", "spatial", 128)
+    for row in ("slavc-ogl", "ezvsl-prior"):
+        entry = summary["small"][row]
+        assert entry["seeds"] == [0] and 0 <= entry["mean_ciou"][0] <= 1 and entry["seconds"][0] > 0
+    clips = json.loads((tmp_path / "small" / "data-seed0" / "synth" / "test" / "clips.json").read_text())
+    areas = [(box[2] - box[0]) * (box[3] - box[1]) for clip in clips for box in
+             (obj["box"] for obj in clip["objects"])]
+    assert 0.04 < sum(areas) / len(areas) < 0.16  # about a tenth of the frame
+    table = (tmp_path / "study.md").read_text()
+    assert "s / run" in table and "| slavc-ogl: " in table and "| fnac: FNAC, no flow | not run" in table

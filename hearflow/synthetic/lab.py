@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hearflow.backends import make_backend
 from hearflow.checkpoint import load
 from hearflow.config import Config
 from hearflow.data.annotations import load_annotations
@@ -41,17 +42,16 @@ from hearflow.metrics import MAP_SIZE, summarize, upsample_maps
 from hearflow.prepare import prepare
 from hearflow.calibrate import calibrate
 from hearflow.errors import HearflowError
+from hearflow.inference import PUBLISHED_OBJECT_FUSION
 from hearflow.negatives import negative_results
 from hearflow.scoring import AnnotatedSet, NegativeMaps, Predictions, predict, score
 from hearflow.synthetic.baselines import CenterBox, FlowMagnitude
 from hearflow.synthetic.clips import synthesize
+from hearflow.synthetic.methods import CENTER, FLOW_ONLY, LATE_FUSION, OBJECT_FUSION
 from hearflow.synthetic.plan import SynthSettings
 from hearflow.train import train
 
 HTF, LVS = "htf", "lvs"
-
-
-CENTER, FLOW_ONLY, LATE_FUSION = "center", "flow_only", "lvs_flow_fusion"
 
 
 METHODS = (HTF, LVS, CENTER, FLOW_ONLY, LATE_FUSION)
@@ -70,7 +70,7 @@ SUBSETS = ("source_moves", "source_still", "twins")
 
 
 LATE_FUSION_ALPHA = 1.0  # weight of the normalised flow magnitude in late fusion
-TRAINING_FREE = (CENTER, FLOW_ONLY, LATE_FUSION)
+TRAINING_FREE = (CENTER, FLOW_ONLY, LATE_FUSION, OBJECT_FUSION)
 
 
 @dataclass(frozen=True)
@@ -206,11 +206,13 @@ def train_model(config: Config, train_dir: Path, run_dir: Path, progress: bool =
 
 
 def predict_method(
-    method: str, checkpoint: Path, data: DemoData, config: Config, progress: bool = True
+    method: str, checkpoint: Path, data: DemoData, config: Config, progress: bool = True,
+    object_weights: Path | None = None,
 ) -> Predictions:
     """`Predictions` on the test set of a trained ``checkpoint`` (``method`` HTF, LVS or any
-    other trained name) or of a training-free method of `TRAINING_FREE` (late fusion
-    uses ``checkpoint``, the LVS one; the others only ``config``'s map size)."""
+    other trained name) or of a training-free method of `TRAINING_FREE` (late fusion and
+    object fusion use ``checkpoint``, a trained row's; the others only ``config``'s map
+    size). Object fusion blends with a saliency trunk of ``object_weights``."""
     map_size = config.data.image_size // config.model.map_stride
     flow_fusion = 0.0
     if method == CENTER:
@@ -220,6 +222,9 @@ def predict_method(
     else:
         model = load(checkpoint)
         flow_fusion = LATE_FUSION_ALPHA if method == LATE_FUSION else 0.0
+        if method == OBJECT_FUSION:
+            model = make_backend("torch", model, torch.device("cpu"), object_fusion=PUBLISHED_OBJECT_FUSION,
+                                 object_weights=str(object_weights))
     # The added no-source clips go in batches of their own: the test set's clips are
     # predicted in exactly the batches they were before, so their maps are bit-identical.
     added = set(data.added_no_source)
