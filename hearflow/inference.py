@@ -14,9 +14,11 @@ from typing import Any
 
 from hearflow.errors import HearflowError
 
-# What EZ-VSL, SLAVC and FNAC evaluate with: their alpha 0.4 weighs the audio-visual map, so
-# the object map's weight, hearflow's ``object_fusion``, is 0.6.
+# What EZ-VSL's test.py and FNAC's test scripts evaluate with: their alpha 0.4 weighs the
+# audio-visual map, so the object map's weight, hearflow's ``object_fusion``, is 0.6.
+# SLAVC's README tests with alpha 0.9: ``object_fusion`` 0.1.
 PUBLISHED_OBJECT_FUSION = 0.6
+SLAVC_OBJECT_FUSION = 0.1
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,8 @@ class InferenceOptions:
     (`hearflow.model.htf.flow_motion`); 0 = off. object_fusion: object-guided
     localization (OGL, `hearflow.model.saliency.fuse_object_saliency`): the map becomes
     ``(1 - w) * norm(map) + w * norm(object saliency)``, each min-max normalised per
-    sample, so values lie in [0, 1]; 0 = off, 0.6 = the published methods' alpha 0.4
-    (`PUBLISHED_OBJECT_FUSION`). object_weights: the saliency trunk's weights,
+    sample, so values lie in [0, 1]; 0 = off, 0.6 = EZ-VSL's and FNAC's alpha 0.4
+    (`PUBLISHED_OBJECT_FUSION`), 0.1 = SLAVC's alpha 0.9. object_weights: the saliency trunk's weights,
     ``"imagenet"`` (torchvision's ResNet-18, from its cache) or a file of
     `hearflow.synthetic.pretrain.save_encoder_weights`. sounding_threshold: the
     decision "a visible object makes this sound" is ``confidence > sounding_threshold``
@@ -44,7 +46,7 @@ class InferenceOptions:
         if not self.flow_fusion >= 0:
             raise HearflowError(f"flow fusion must be a non-negative weight, got {self.flow_fusion}")
         if not 0 <= self.object_fusion <= 1:
-            raise HearflowError(f"object fusion is a weight in [0, 1] (0 = off, 0.6 = the published OGL), "
+            raise HearflowError(f"object fusion is a weight in [0, 1] (0 = off, 0.6 = EZ-VSL / FNAC, 0.1 = SLAVC), "
                                 f"got {self.object_fusion}")
         if self.sounding_threshold is not None and not math.isfinite(self.sounding_threshold):
             raise HearflowError(f"the sounding threshold must be a finite number, got {self.sounding_threshold}")

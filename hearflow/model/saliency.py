@@ -60,8 +60,8 @@ def fuse_object_saliency(maps: np.ndarray, saliency: np.ndarray, weight: float) 
     """``(1 - weight) * norm(maps) + weight * norm(saliency)``: float32 ``N x h x w``, values in [0, 1].
 
     Both are ``N x h x w``; ``norm`` is the per-sample min-max normalisation of scoring
-    (`hearflow.metrics.normalise_maps`). EZ-VSL's alpha (the audio-visual map's weight,
-    0.4) is ``1 - weight``.
+    (`hearflow.metrics.normalise_maps`). The methods' alpha (the audio-visual map's
+    weight: EZ-VSL and FNAC 0.4, SLAVC 0.9) is ``1 - weight``.
     """
     if maps.shape != saliency.shape:
         raise HearflowError(f"object saliency maps {saliency.shape} do not match the model's maps {maps.shape}")
