@@ -90,7 +90,8 @@ class DataConfig:
 class ObjectiveConfig:
     """The training loss (``loss``: a name registered in `hearflow.objective.LOSSES`) and its constants.
 
-    The constants are the trimap contrastive loss's (LVS / HTF Eq. 6, as released).
+    The constants are the trimap contrastive loss's (LVS / HTF Eq. 6, as released);
+    ``temperature`` is also EZ-VSL's, FNAC's and SLAVC's tau (their presets: 0.03).
     Training with negative audio, around whichever loss is registered
     (`hearflow.objective.global_batch_loss`): ``audio_negatives`` names the kinds
     (comma-separated `NEGATIVE_KINDS`; empty = off), each sample of a batch is paired

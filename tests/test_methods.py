@@ -288,3 +288,16 @@ def test_the_method_axis_runs_on_the_small_setting(tmp_path, monkeypatch):
     assert 0.04 < sum(areas) / len(areas) < 0.16  # about a tenth of the frame
     table = (tmp_path / "study.md").read_text()
     assert "s / run" in table and "| slavc-ogl: " in table and "| fnac: FNAC, no flow | not run" in table
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_in_onnx_runtime_with_the_torch_maps(method):
+    pytest.importorskip("onnxruntime")
+    from hearflow.backends import example_inputs, make_backend
+
+    torch.manual_seed(0)
+    model = build_model(config=method_config(method, **{"model.prior": "channel"})).eval()
+    batch = [torch.randn_like(x) for x in example_inputs(model.config, batch=2).values()]
+    reference = make_backend("torch", model, torch.device("cpu")).maps(*batch)
+    exported = make_backend("onnx", model, torch.device("cpu")).maps(*batch)
+    torch.testing.assert_close(exported, reference, rtol=1e-4, atol=1e-5)
