@@ -1,7 +1,7 @@
 """Every loss over 2 gloo processes: ``loss_batch: global`` computes the 1-process loss of the global
 batch; ``per-process`` computes, on each process, the loss of its own share alone (no gathering, no
 synchronised BatchNorm), and DDP's average of their gradients is the gradient of the mean of those
-N independent sub-batch losses."""
+N independent sub-batch losses. Negative audio is added around every loss (gathered, or not, too)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def _rank(rank, world_size, port, inputs, out_dir):
             model = _model(method, batch)
             embedder = training_embedder(model, context)
             share = tuple(x[rank::world_size] for x in inputs)
-            loss = global_batch_loss(embedder, model, share, model.config.objective, epoch=EPOCH)
+            loss = global_batch_loss(embedder, model, share[:3], model.config.objective,
+                                     negative_spectrogram=share[3], epoch=EPOCH)
             loss.backward()
             results[method, batch] = {"loss": loss.detach(),
                                       "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None}}
@@ -60,7 +61,8 @@ def _rank(rank, world_size, port, inputs, out_dir):
 
 def _one_process(method: str, batch: str, inputs):
     model = _model(method, batch)
-    loss = global_batch_loss(model.embed, model, inputs, model.config.objective, epoch=EPOCH)
+    loss = global_batch_loss(model.embed, model, inputs[:3], model.config.objective, negative_spectrogram=inputs[3],
+                             epoch=EPOCH)
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
@@ -77,7 +79,8 @@ def test_global_and_per_process_batches_over_two_gloo_processes(tmp_path):
     generator = torch.Generator().manual_seed(2)
     inputs = (torch.randn(6, 3, 64, 64, generator=generator, dtype=torch.float64),
               torch.randn(6, 2, 64, 64, generator=generator, dtype=torch.float64),
-              torch.randn(6, 1, 64, 40, generator=generator, dtype=torch.float64))
+              torch.randn(6, 1, 64, 40, generator=generator, dtype=torch.float64),
+              torch.randn(6, 1, 64, 40, generator=generator, dtype=torch.float64))  # negative audio
     mp.spawn(_rank, args=(2, _free_port(), inputs, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     for method, batch in CASES:
