@@ -121,3 +121,24 @@ def test_evaluate_says_whether_ogl_was_on_and_export_refuses_it(synth_set, tmp_p
     record_inference(tmp_path / "model.pt", InferenceOptions(object_fusion=0.6), out=tmp_path / "ogl.pt")
     with pytest.raises(HearflowError, match="outside the model"):
         export_checkpoint(tmp_path / "ogl.pt", tmp_path / "ogl.onnx")
+
+
+def test_the_cli_passes_object_fusion_to_evaluate(synth_set, tmp_path, capsys):  # noqa: F811
+    import json
+
+    from hearflow.cli import main
+
+    saved_trunk(tmp_path / "trunk.pt")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model.pt", build_model(config=small_config()))
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(synth_set.prepared),
+                 "--annotations", str(synth_set.annotations), "--workers", "0", "--quiet", "--backend", "torch",
+                 "--object-fusion", "0.6", "--object-weights", str(tmp_path / "trunk.pt"),
+                 "--out", str(tmp_path / "results.json")]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (results["object_fusion"], results["object_weights"]) == (0.6, str(tmp_path / "trunk.pt"))
+    assert "object fusion (OGL)  on, weight 0.6" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(synth_set.prepared),
+                 "--annotations", str(synth_set.annotations), "--workers", "0", "--quiet",
+                 "--object-fusion", "0.6"]) == 1  # ImageNet weights cannot fit model.width 16: one line
+    assert "--object-weights" in capsys.readouterr().err
