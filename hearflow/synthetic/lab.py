@@ -239,8 +239,9 @@ def predict_method(
 def method_metrics(predictions: Predictions, data: DemoData) -> dict[str, Any]:
     """The protocol's metrics plus the pick rate, overall and per subset of `SUBSETS`.
 
-    Returns ``{n, ciou_at_0_5, auc, mean_ciou, pick_rate, [ap, max_f1,]
-    subsets: {name: {n, ciou_at_0_5, auc, mean_ciou, pick_rate}}}``; the ``twins``
+    Returns ``{n, ciou_at_0_5, auc, mean_ciou, pick_rate, peak_pick_rate, [ap, max_f1,]
+    subsets: {name: {n, ciou_at_0_5, auc, mean_ciou, pick_rate, peak_pick_rate}}}``
+    (`picks`: box means; `peak_picks`: where the peak lies); the ``twins``
     subset only when the test set has twin clips.
     """
     annotations = load_annotations(data.test_annotations)
@@ -254,7 +255,9 @@ def method_metrics(predictions: Predictions, data: DemoData) -> dict[str, Any]:
         "twins": np.array([bool(record["twin"]) for record in records]),
     }
     metrics = {key: results[key] for key in ("n", "ciou_at_0_5", "auc", "mean_ciou")}
+    peaks = peak_picks(predictions.similarity, records)
     metrics["pick_rate"] = _rate(picked)
+    metrics["peak_pick_rate"] = _rate(peaks)
     metrics.update({key: results[key] for key in ("ap", "max_f1") if key in results})
     metrics["subsets"] = {}
     for name in SUBSETS:
@@ -264,6 +267,7 @@ def method_metrics(predictions: Predictions, data: DemoData) -> dict[str, Any]:
         subset = {"n": int(rows.sum())}
         subset.update({key: float(value) for key, value in summarize(cious[rows]).items()} if rows.any() else {})
         subset["pick_rate"] = _rate(picked[rows])
+        subset["peak_pick_rate"] = _rate(peaks[rows])
         metrics["subsets"][name] = subset
     return metrics
 
@@ -287,6 +291,26 @@ def picks(similarity_maps: np.ndarray, records: list[dict[str, Any]], chunk: int
             means = [_box_mean(grid, obj["box"]) for obj in record["objects"]]
             result[start + offset] = float(all(means[sounding] > mean for i, mean in enumerate(means) if i != sounding))
     return result
+
+
+def peak_picks(similarity_maps: np.ndarray, records: list[dict[str, Any]], chunk: int = 64) -> np.ndarray:
+    """Per clip: 1.0 when the map's peak (on the 224 x 224 grid, as `picks`) lies inside the sounding
+    object's box and inside no silent object's, else 0.0; NaN as `picks` (float64 N)."""
+    result = np.full(len(records), np.nan)
+    for start in range(0, len(records), chunk):
+        for offset, grid in enumerate(upsample_maps(similarity_maps[start : start + chunk])):
+            record = records[start + offset]
+            if record["sounding"] is None or len(record["objects"]) < 2:
+                continue
+            y, x = np.unravel_index(int(np.argmax(grid)), grid.shape)
+            inside = [_contains(obj["box"], x, y) for obj in record["objects"]]
+            result[start + offset] = float(inside[record["sounding"]] and sum(inside) == 1)
+    return result
+
+
+def _contains(box: list[float], x: int, y: int) -> bool:
+    x0, y0, x1, y1 = (int(MAP_SIZE * max(value, 0.0)) for value in box)
+    return x0 <= x < x1 and y0 <= y < y1
 
 
 def _box_mean(grid: np.ndarray, box: list[float]) -> float:

@@ -220,7 +220,7 @@ def study_summary(out: Path) -> dict[str, Any]:
 
 def _spread(results: list[dict[str, Any]]) -> dict[str, list[float]]:
     spread = {}
-    for key in ("mean_ciou", "pick_rate", "ciou_at_0_5", "seconds"):
+    for key in ("mean_ciou", "pick_rate", "peak_pick_rate", "ciou_at_0_5", "seconds"):
         if any(key not in result for result in results):
             continue
         values = np.array([result[key] for result in results], dtype=np.float64)
@@ -237,17 +237,18 @@ def study_markdown(summary: dict[str, Any]) -> str:
     lines = []
     for setting, knobs in STUDY_SETTINGS.items():
         lines += [f"Setting `{setting}` (synth knobs {knobs or 'defaults'}):", ""]
-        lines.append("| row | seeds | mean cIoU | vs lvs | pick rate | cIoU@0.5 | twins: mean cIoU / pick "
+        lines.append("| row | seeds | mean cIoU | vs lvs | pick rate | peak pick | cIoU@0.5 | twins: mean cIoU / pick "
                      "| moving source: mean cIoU / pick | s / run |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for row in STUDY_ROWS:
             entry = summary.get(setting, {}).get(row.name)
             if entry is None:
-                lines.append(f"| {row.name}: {row.description} | not run | | | | | | | |")
+                lines.append(f"| {row.name}: {row.description} | not run | | | | | | | | |")
                 continue
             single = len(entry["seeds"]) == 1
             versus = _pm(entry["vs_lvs"], single, "+.3f") if "vs_lvs" in entry else "-"
-            cells = [_pm(entry["mean_ciou"], single), versus, _pm(entry["pick_rate"], single),
+            peak = _pm(entry["peak_pick_rate"], single) if "peak_pick_rate" in entry else "-"
+            cells = [_pm(entry["mean_ciou"], single), versus, _pm(entry["pick_rate"], single), peak,
                      _pm(entry["ciou_at_0_5"], single)]
             for subset in ("twins", "source_moves"):
                 part = entry.get(subset)
