@@ -3,8 +3,9 @@
 Every default of the method lives here and nowhere else. A `Config` is embedded in
 every checkpoint, so a checkpoint alone rebuilds its model and its preprocessing.
 
-Presets (`PRESETS`) are the paper's rows and the authors' released variants, each
-named once (``hearflow presets`` lists them with the rows they reproduce); the demo's
+Presets (`PRESETS`) are the paper's rows, the authors' released variants and the
+field's methods (`hearflow.methods`: EZ-VSL, FNAC, SLAVC, each field with its reason in
+``Preset.why``), each named once (``hearflow presets`` lists them); the demo's
 CPU-sized configurations live with the demo (`hearflow.synthetic.presets`).
 
 Every command builds its configuration the same way (`resolve`): preset < config file

@@ -208,7 +208,7 @@ def test_a_training_embed_is_one_ema_step_and_eval_maps_come_from_the_momentum_c
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("prior", [{"model.prior": "none"}, {"model.prior": "channel"},
+@pytest.mark.parametrize("prior", [{"model.prior": "none"}, {"model.prior": "channel"}, {"model.prior": "spatial"},
                                    {"model.prior": "spatial", "model.prior_gate": True}])
 def test_every_method_trains_a_few_steps_with_and_without_the_flow_prior(method, prior):
     torch.manual_seed(0)
