@@ -3,10 +3,9 @@
 Every default of the method lives here and nowhere else. A `Config` is embedded in
 every checkpoint, so a checkpoint alone rebuilds its model and its preprocessing.
 
-Presets (`PRESETS`) are the paper's rows, the authors' released variants and the
-field's methods (`hearflow.methods`: EZ-VSL, FNAC, SLAVC, each field with its reason in
-``Preset.why``), each named once (``hearflow presets`` lists them); the demo's
-CPU-sized configurations live with the demo (`hearflow.synthetic.presets`).
+Presets (`PRESETS`): the paper's rows, the released variants and the field's methods
+(`hearflow.methods`, reasons in ``Preset.why``), each named once (``hearflow presets``);
+the demo's CPU-sized configurations live with the demo (`hearflow.synthetic.presets`).
 
 Every command builds its configuration the same way (`resolve`): preset < config file
 < ``--set KEY=VALUE`` < explicit flags (which are config fields themselves).
@@ -317,10 +316,9 @@ LEGACY_KEYS = ("model.flow_fusion",)
 # complete config written before they existed is still complete.
 ADDED_FIELDS = ("objective.loss", "objective.audio_negatives", "objective.negatives_weight",
                 "objective.negatives_margin", "train.shuffle_buffer", "train.gpu_inputs", "model.projection",
-                "model.heads", "model.momentum", "model.momentum_eval", "model.dropout_image",
-                "model.dropout_audio", "objective.loss_batch", "objective.fnac_audio_weight",
-                "objective.fnac_foreground_weight", "objective.fnac_image_weight", "objective.fnac_threshold",
-                "objective.fnac_warmup")
+                "model.heads", "model.momentum", "model.momentum_eval", "model.dropout_image", "model.dropout_audio",
+                "objective.loss_batch", *(f"objective.fnac_{name}" for name in
+                                          ("audio_weight", "foreground_weight", "image_weight", "threshold", "warmup")))
 
 
 @dataclass(frozen=True)
