@@ -301,3 +301,22 @@ def test_every_method_runs_in_onnx_runtime_with_the_torch_maps(method):
     reference = make_backend("torch", model, torch.device("cpu")).maps(*batch)
     exported = make_backend("onnx", model, torch.device("cpu")).maps(*batch)
     torch.testing.assert_close(exported, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_a_checkpoint_written_before_the_methods_loads_as_the_model_it_was(tmp_path):
+    from hearflow.checkpoint import load, save_checkpoint
+    from hearflow.synthetic.presets import demo_config
+
+    model = build_model(config=demo_config("cpu-small"))
+    save_checkpoint(tmp_path / "new.pt", model)
+    checkpoint = torch.load(tmp_path / "new.pt", weights_only=True)
+    new_model = ("projection", "heads", "momentum", "momentum_eval", "dropout_image", "dropout_audio")
+    for name in new_model:
+        del checkpoint["config"]["model"][name]
+    for name in [key for key in checkpoint["config"]["objective"] if key.startswith("fnac_")] + ["loss_batch"]:
+        del checkpoint["config"]["objective"][name]
+    torch.save(checkpoint, tmp_path / "old.pt")
+    old = load(tmp_path / "old.pt")
+    assert (old.config.model.projection, old.config.model.momentum, old.config.objective.loss_batch) == (0, 0.0, "global")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, old.state_dict()[name]), name
