@@ -1,6 +1,6 @@
 """What does the flow prior do? The study of `hearflow.synthetic.study.run_study` on synthetic data.
 
-Every row (LVS, HTF prior variants, late fusion, training-free baselines) is trained
+Every row (LVS, HTF prior variants, late fusion, training-free baselines, the methods) is trained
 and scored on the same synthetic data per seed, and the table gives mean +- std over
 seeds of mean cIoU, pick rate and cIoU@0.5, overall and on the `twins` and
 `source_moves` subsets, with each row's mean cIoU minus the LVS row's measured in the
@@ -8,6 +8,13 @@ same run. Finished (setting, row, seed) results are stored and skipped on a reru
 
     python3 bench/flow_prior_study.py --out study                       # everything
     python3 bench/flow_prior_study.py --out study --settings default --rows lvs channel-maxpool
+    python3 bench/flow_prior_study.py --out study --settings small \
+        --rows lvs spatial-resnet18-gated ezvsl ezvsl-prior ezvsl-late-fusion ezvsl-ogl    # the method axis
+
+The method axis (`hearflow.synthetic.methods`): EZ-VSL, FNAC and SLAVC each without flow,
+with the learned prior, with late fusion and with object-guided localization's analog,
+and OGL of LVS and HTF; the ``small`` setting has small objects anywhere. Every table
+gives pick rate beside cIoU and the seconds per run. See docs/methods-study.md.
 
 `hearflow demo --study --out DIR` runs every row and setting the same way.
 """

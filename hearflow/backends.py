@@ -14,6 +14,10 @@ own-pair similarity maps `HTF.forward` gives (``.similarity``); `hearflow locali
 - ``auto``: ``onnx`` on the CPU when ONNX Runtime is installed (the fastest float32
   path measured, bench/README.md), else ``torch``.
 
+Object fusion (OGL, ``object_fusion > 0``) wraps either backend (`ObjectFused`): the
+object-saliency trunk runs in torch beside it and the maps are blended after, outside
+any exported graph (`export_checkpoint` refuses a checkpoint that records it).
+
 An unavailable choice falls back to ``torch`` with one warning, never silently.
 `export_onnx` is also `hearflow export`: a deployable file whose metadata holds the
 config (the preprocessing every input must follow) and the inference options.
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 
 from hearflow.errors import HearflowError
+from hearflow.model.saliency import fuse_object_saliency, object_saliency
 
 BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("float32", "bfloat16")
@@ -170,9 +175,27 @@ class OnnxBackend:
         return torch.from_numpy(self.session.run(["similarity"], feed)[0])
 
 
+class ObjectFused:
+    """A backend whose maps are blended with object saliency (OGL) after it ran, outside its graph:
+    `hearflow.model.saliency.fuse_object_saliency` of the inner backend's maps and a saliency trunk's."""
+
+    def __init__(self, inner, saliency: torch.nn.Module, weight: float, device: torch.device) -> None:
+        self.inner, self.weight, self.device = inner, float(weight), torch.device(device)
+        self.saliency = saliency.to(self.device)
+        self.name, self.precision = inner.name, getattr(inner, "precision", "float32")
+
+    @torch.no_grad()
+    def maps(self, image: torch.Tensor, flow: torch.Tensor | None, spectrogram: torch.Tensor) -> torch.Tensor:
+        """The inner backend's maps fused with the images' object saliency: float32 N x h x w in [0, 1]."""
+        maps = self.inner.maps(image, flow, spectrogram)
+        objects = self.saliency(image.to(self.device, torch.float32)).float().cpu()
+        return torch.from_numpy(fuse_object_saliency(maps.numpy(), objects.numpy(), self.weight))
+
+
 def make_backend(name: str, model: torch.nn.Module, device: torch.device, flow_fusion: float = 0.0,
-                 precision: str = "float32"):
-    """The backend ``name`` (`BACKENDS`) for ``model`` on ``device`` with late fusion ``flow_fusion``.
+                 precision: str = "float32", object_fusion: float = 0.0, object_weights: str = "imagenet"):
+    """The backend ``name`` (`BACKENDS`) for ``model`` on ``device`` with late fusion ``flow_fusion``,
+    wrapped in `ObjectFused` when ``object_fusion`` > 0 (saliency trunk: ``object_weights``).
 
     Falls back to ``torch`` with a warning when the choice cannot run here: ``onnx``
     without its packages or off the CPU or with bfloat16, bfloat16 on a CPU without
@@ -183,6 +206,11 @@ def make_backend(name: str, model: torch.nn.Module, device: torch.device, flow_f
     if precision not in PRECISIONS:
         raise HearflowError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
+    if object_fusion > 0:
+        m = model.config.model
+        saliency = object_saliency(object_weights, m.width, m.map_stride)
+        inner = make_backend(name, model, device, flow_fusion, precision)
+        return ObjectFused(inner, saliency, object_fusion, device)
     uses_flow = model.config.model.prior != "none" or flow_fusion > 0
     if precision == "bfloat16" and device.type == "cpu" and not bfloat16_supported():
         _warn("this CPU has no native bfloat16 (AVX512-BF16 or AMX): running in float32")
@@ -212,6 +240,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, flow_fusion: floa
 
     model, recorded = load_model(checkpoint)
     options = recorded.with_arguments(flow_fusion=flow_fusion)
+    if options.object_fusion > 0:
+        raise HearflowError(f"{checkpoint} records object fusion {options.object_fusion:g}, which runs outside the "
+                            "model (a second image trunk), not in an exported graph: export it from a checkpoint "
+                            "without it and blend with hearflow.model.saliency.fuse_object_saliency")
     graph = export_onnx(model, options.flow_fusion, {
         "hearflow_config": model.config.to_dict(), "hearflow_inference": {"flow_fusion": options.flow_fusion},
         "hearflow_version": __version__, "hearflow_checkpoint": str(checkpoint)})

@@ -12,7 +12,10 @@ present, holds the defaults of its inference options (`InferenceOptions`), which
 the released ``.pth`` (``{"model": state_dict}``) and the released Lightning
 ``.ckpt`` (``{"state_dict": {"model.<name>": ...}, "hyper_parameters": ...}``), and
 builds the ``htf-released`` preset for them (``htf-released-maxpool`` when the
-attention key takes the 2 flow channels). Files are always read with
+attention key takes the 2 flow channels); EZ-VSL's, FNAC's and SLAVC's published
+``best.pth`` (``{"model": state_dict}``, keys maybe ``module.``-prefixed) are told by
+their layout and get the ``ezvsl`` or ``slavc`` preset (`released_config`). Their
+inputs are then made by hearflow's preprocessing (HTF's spectrogram), not their own. Files are always read with
 ``torch.load(weights_only=True)``: nothing but tensors, plain containers and
 ``argparse.Namespace`` (in Lightning hyper-parameters) is ever unpickled; a file that
 holds anything else (code-bearing objects) is refused for safety.
@@ -35,7 +38,8 @@ from typing import Any
 
 import torch
 
-from hearflow.config import Config, InferenceOptions
+from hearflow.config import Config
+from hearflow.inference import InferenceOptions
 from hearflow.errors import HearflowError
 from hearflow.io import atomic_file, storage_problem
 from hearflow.model import HTF, build_model
@@ -153,9 +157,7 @@ def model_from_checkpoint(
             raise HearflowError(f"checkpoint {path} holds no weights (its 'state_dict' entry is missing or not a dict)")
     else:
         state_dict = _released_state_dict(path, checkpoint)
-        key_weight = state_dict.get("flowatt.key_conv.weight")
-        maxpool = isinstance(key_weight, torch.Tensor) and key_weight.ndim == 4 and key_weight.shape[1] == 2
-        config = Config.from_dict({"preset": "htf-released-maxpool" if maxpool else "htf-released"})
+        config = released_config(state_dict)
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated for a config that does not fit
             _check_state(build_model(config=config), state_dict, path)
@@ -191,7 +193,8 @@ def _recorded_options(checkpoint: dict[str, Any]) -> InferenceOptions:
     if unknown:
         raise HearflowError(f"unknown inference option(s) {', '.join(unknown)}")
     try:
-        values = {name: None if value is None else float(value) for name, value in recorded.items()}
+        values = {name: value if value is None or name == "object_weights" else float(value)
+                  for name, value in recorded.items()}
     except (TypeError, ValueError):
         raise HearflowError("its inference options are not numbers") from None
     return InferenceOptions(**values).validate()
@@ -223,9 +226,27 @@ def record_inference(path: str | Path, options: InferenceOptions, out: str | Pat
     return Path(out)
 
 
+def released_config(state_dict: dict[str, Any]) -> Config:
+    """The config of a released state dict, told by its layout: SLAVC's (two heads,
+    ``img_proj1``, with ``momentum_*`` encoders), EZ-VSL's (``img_proj``; FNAC's code
+    saves the same layout), else HTF's released one (``htf-released-maxpool`` when the
+    attention key takes the 2 flow channels). The projection size is read from the weights."""
+    for preset, head in (("slavc", "img_proj1.weight"), ("ezvsl", "img_proj.weight")):
+        weight = state_dict.get(head)
+        if isinstance(weight, torch.Tensor) and weight.ndim == 4:
+            return Config.from_dict({"preset": preset, "model": {"projection": int(weight.shape[0])}})
+    key_weight = state_dict.get("flowatt.key_conv.weight")
+    maxpool = isinstance(key_weight, torch.Tensor) and key_weight.ndim == 4 and key_weight.shape[1] == 2
+    return Config.from_dict({"preset": "htf-released-maxpool" if maxpool else "htf-released"})
+
+
 def _released_state_dict(path: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The weights of a released file: ``{"model": ...}`` (HTF's .pth; EZ-VSL's, FNAC's and SLAVC's
+    ``best.pth``, whose ``module.`` prefix of DistributedDataParallel is dropped) or Lightning's."""
     if isinstance(checkpoint.get("model"), dict):
-        return checkpoint["model"]
+        prefix = "module."
+        return {name[len(prefix):] if isinstance(name, str) and name.startswith(prefix) else name: value
+                for name, value in checkpoint["model"].items()}
     if isinstance(checkpoint.get("state_dict"), dict):
         prefix = "model."
         return {

@@ -3,23 +3,21 @@
 Every default of the method lives here and nowhere else. A `Config` is embedded in
 every checkpoint, so a checkpoint alone rebuilds its model and its preprocessing.
 
-Presets (`PRESETS`) are the paper's rows and the authors' released variants, each
-named once (``hearflow presets`` lists them with the rows they reproduce); the demo's
-CPU-sized configurations live with the demo (`hearflow.synthetic.presets`).
+Presets (`PRESETS`): the paper's rows, the released variants and the field's methods
+(`hearflow.methods`, reasons in ``Preset.why``), each named once (``hearflow presets``);
+the demo's CPU-sized configurations live with the demo (`hearflow.synthetic.presets`).
 
 Every command builds its configuration the same way (`resolve`): preset < config file
 < ``--set KEY=VALUE`` < explicit flags (which are config fields themselves).
 
-Inference options (late flow fusion, and later ones of the same kind) are not part
-of a `Config`: they are arguments of `HTF.similarity`, ``evaluate`` and the
-``Localizer``, with defaults a checkpoint may record (`InferenceOptions`).
+Inference options (late flow fusion, object fusion, the sounding threshold) are not
+part of a `Config`: they live in `hearflow.inference`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 import reprlib
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from typing import Any
 import yaml
 
 from hearflow.errors import HearflowError, option
+from hearflow.methods import METHOD_PRESETS
 
 PRIORS = ("channel", "spatial", "none")
 FLOW_ENCODERS = ("resnet18", "maxpool")
@@ -38,6 +37,7 @@ FLOW_METHODS = ("farneback", "dis")
 # Negative audio (`hearflow.data.negatives`): the image with silence, with white noise,
 # with the sound of a clip whose source is not in the frame.
 NEGATIVE_KINDS = ("silence", "noise", "offscreen")
+LOSS_BATCHES = ("global", "per-process")
 
 
 @dataclass
@@ -56,6 +56,13 @@ class ModelConfig:
     pretrained_weights: str = "imagenet"  # imagenet (torchvision ResNet-18) | a file from hearflow.pretrain
     width: int = 64  # channels of the first ResNet stage; 64 is ResNet-18
     map_stride: int = 32  # input pixels per similarity-map cell: 32, 16 or 8
+    # The field's methods (`hearflow.model.heads`); the defaults are HTF's (none of them):
+    projection: int = 0  # EZ-VSL: image 1x1 conv and audio linear to this many channels; 0 = none
+    heads: int = 1  # SLAVC: 2 projection heads (needs projection > 0), maps averaged over them
+    momentum: float = 0.0  # SLAVC: momentum (EMA) copies of the encoders and heads; 0 = none
+    momentum_eval: bool = False  # SLAVC's use_mom_eval: eval-mode maps from the momentum copies
+    dropout_image: float = 0.0  # dropout on the visual map before the projection (SLAVC, FNAC: 0.9)
+    dropout_audio: float = 0.0  # dropout on the audio vector before the projection
 
 
 @dataclass
@@ -83,7 +90,8 @@ class DataConfig:
 class ObjectiveConfig:
     """The training loss (``loss``: a name registered in `hearflow.objective.LOSSES`) and its constants.
 
-    The constants are the trimap contrastive loss's (LVS / HTF Eq. 6, as released).
+    The constants are the trimap contrastive loss's (LVS / HTF Eq. 6, as released);
+    ``temperature`` is also EZ-VSL's, FNAC's and SLAVC's tau (their presets: 0.03).
     Training with negative audio, around whichever loss is registered
     (`hearflow.objective.global_batch_loss`): ``audio_negatives`` names the kinds
     (comma-separated `NEGATIVE_KINDS`; empty = off), each sample of a batch is paired
@@ -100,6 +108,15 @@ class ObjectiveConfig:
     audio_negatives: str = ""  # e.g. "silence,noise,offscreen"; empty: no negative audio in training
     negatives_weight: float = 1.0  # weight of the negative-map term
     negatives_margin: float = 0.40  # cosine below which a negative pair's map counts as dark
+    # global: every process's loss is over the gathered global batch (default); per-process: each
+    # process's own share only, no gathering (the EZ-VSL / FNAC / SLAVC code's per-GPU behaviour)
+    loss_batch: str = "global"
+    # FNAC's false-negative-aware terms (`hearflow.objective.ezvsl.fnac_loss`), as published:
+    fnac_audio_weight: float = 100.0  # audio-audio similarity vs the audio-visual logits
+    fnac_foreground_weight: float = 100.0  # audio-audio similarity vs foreground image-image similarity
+    fnac_image_weight: float = 100.0  # image-image similarity vs the audio-visual logits
+    fnac_threshold: float = 0.6  # foreground: cells of the min-max normalised own map above this
+    fnac_warmup: int = 3  # epochs of the plain EZ-VSL loss before the FNAC terms join
 
 
 def machine_workers() -> int:
@@ -160,6 +177,11 @@ class Config:
         negative_kinds(self.objective.audio_negatives, "objective.audio_negatives")
         if not self.objective.negatives_weight >= 0:
             raise HearflowError("objective.negatives_weight must be a non-negative weight")
+        _check_choice("objective.loss_batch", self.objective.loss_batch, LOSS_BATCHES)
+        if m.projection < 0 or m.heads not in (1, 2) or (m.heads == 2 and not m.projection):
+            raise HearflowError("model.projection must be >= 0 and model.heads 1 or 2 (2 needs model.projection > 0)")
+        if not (0 <= m.momentum < 1 and 0 <= m.dropout_image < 1 and 0 <= m.dropout_audio < 1):
+            raise HearflowError("model.momentum, model.dropout_image and model.dropout_audio must lie in [0, 1)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,41 +309,16 @@ def parse_set_options(items: list[str]) -> dict[str, str]:
     return overrides
 
 
-@dataclass(frozen=True)
-class InferenceOptions:
-    """Options of a trained model at inference, never part of its Config.
-
-    flow_fusion: late fusion, maps scaled by ``1 + alpha * flow magnitude``
-    (`hearflow.model.htf.flow_motion`); 0 = off. sounding_threshold: the decision
-    "a visible object makes this sound" is ``confidence > sounding_threshold``
-    (`hearflow.negatives.map_max`; set by ``hearflow calibrate``); None = uncalibrated,
-    no decision. A checkpoint may record defaults for these (``"inference"`` beside
-    its config); an explicit argument wins.
-    """
-
-    flow_fusion: float = 0.0
-    sounding_threshold: float | None = None
-
-    def validate(self) -> "InferenceOptions":
-        if not self.flow_fusion >= 0:
-            raise HearflowError(f"flow fusion must be a non-negative weight, got {self.flow_fusion}")
-        if self.sounding_threshold is not None and not math.isfinite(self.sounding_threshold):
-            raise HearflowError(f"the sounding threshold must be a finite number, got {self.sounding_threshold}")
-        return self
-
-    def with_arguments(self, **arguments: Any) -> "InferenceOptions":
-        """A copy with the arguments that are not None set (a caller's explicit choices)."""
-        chosen = {name: float(value) for name, value in arguments.items() if value is not None}
-        return dataclasses.replace(self, **chosen).validate()
-
-
 # Keys that earlier versions wrote into a config and this one reads elsewhere:
 # ``model.flow_fusion`` became `InferenceOptions.flow_fusion` (checkpoint.load keeps it).
 LEGACY_KEYS = ("model.flow_fusion",)
 # Fields added since the first version, whose defaults are what that version did: a
 # complete config written before they existed is still complete.
 ADDED_FIELDS = ("objective.loss", "objective.audio_negatives", "objective.negatives_weight",
-                "objective.negatives_margin", "train.shuffle_buffer", "train.gpu_inputs")
+                "objective.negatives_margin", "train.shuffle_buffer", "train.gpu_inputs", "model.projection",
+                "model.heads", "model.momentum", "model.momentum_eval", "model.dropout_image", "model.dropout_audio",
+                "objective.loss_batch", *(f"objective.fnac_{name}" for name in
+                                          ("audio_weight", "foreground_weight", "image_weight", "threshold", "warmup")))
 
 
 @dataclass(frozen=True)
@@ -330,6 +327,7 @@ class Preset:
 
     description: str  # one line: what it is and which paper row it reproduces
     fields: dict[str, Any] = field(default_factory=dict)
+    why: dict[str, str] = field(default_factory=dict)  # field -> one line: why it differs from htf
 
 
 _RELEASED = {
@@ -361,6 +359,7 @@ PRESETS: dict[str, Preset] = {
     "table4-c": Preset("no flow prior, ImageNet vision frozen (Table 4 c)", _table4(False, True, True)),
     "table4-d": Preset("flow prior, vision random and trained (Table 4 d)", _table4(True, False, False)),
     "table4-e": Preset("flow prior, ImageNet vision trained (Table 4 e)", _table4(True, True, False)),
+    **{name: Preset(*entry) for name, entry in METHOD_PRESETS.items()},
 }
 
 

@@ -6,6 +6,13 @@ what was asked for: ``results.json``, a per-sample CSV, overlays of the best and
 maps, and with ``negatives`` the negative-audio section (`hearflow.negatives`).
 Annotated ids without a prepared sample, prepared samples without an annotation,
 and samples skipped for missing files are counted and reported.
+
+Object-guided localization (``object_fusion``, ``object_weights``:
+`hearflow.inference.InferenceOptions`; None takes the checkpoint's default, off) blends
+each map with an object-saliency trunk's before scoring; the table and ``results``
+always say whether it was on. Its maps are min-max normalised blends, so AP / max-F1
+over their peaks are not comparable with OGL off, and the negative-audio section
+scores the raw maps.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ def evaluate(
     progress: bool = True,
     backend: str = "auto",
     precision: str = "float32",
+    object_fusion: float | None = None,
+    object_weights: str | None = None,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` (hearflow's or a released one) on a prepared, annotated test set.
 
@@ -64,25 +73,25 @@ def evaluate(
     (None: the checkpoint's calibrated one); backend, precision: `hearflow.backends.make_backend`;
     strict: refuse annotations with boxes that cannot be scored as given (inverted, zero-area,
     outside the image), otherwise counted, warned about and scored as they are.
+    object_fusion, object_weights: object-guided localization (module docstring).
     """
     kinds = negative_kinds(negatives)
     _check_arguments(batch_size, num_maps, workers)
     torch_device = distributed.resolve_device(device)
     model, recorded = load_model(checkpoint, map_location=torch_device)
-    options = recorded.with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold)
+    options = recorded.with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold,
+                                      object_fusion=object_fusion, object_weights=object_weights)
+    runner = make_backend(backend, model, torch_device, options.flow_fusion, precision, options.object_fusion,
+                          options.object_weights)
     annotated = AnnotatedSet(data, annotations, model.config, benchmark=benchmark, skip_missing=skip_missing,
                              strict=strict)
     if annotated.box_problems.line():
         print(f"hearflow: warning: {annotated.box_problems.line()} (--strict refuses them)", file=sys.stderr)
     context = distributed.Distributed(device=torch_device)
-    runner = make_backend(backend, model, torch_device, options.flow_fusion, precision)
     predictions = annotated.predict(runner, context, batch_size, workers, options.flow_fusion, progress)
     cious, results = annotated.score(predictions)
-    results.update(
-        benchmark=annotated.annotations.benchmark, checkpoint=str(checkpoint), data=str(data),
-        flow_fusion=options.flow_fusion, backend=runner.name, precision=getattr(runner, "precision", "float32"),
-        sounding_threshold=options.sounding_threshold, **annotated.left_out(),
-    )
+    results.update(benchmark=annotated.annotations.benchmark, checkpoint=str(checkpoint), data=str(data),
+                   **_options_used(options, runner), **annotated.left_out())
     table = format_table(results, annotated.matching, annotated.dataset.skipped)
     if kinds:
         maps = annotated.negative_maps(model, kinds, predictions, cious, context, batch_size, workers,
@@ -93,6 +102,14 @@ def evaluate(
     _write_outputs(results, predictions, cious, annotated, out=out, per_sample=per_sample, save_maps=save_maps,
                    num_maps=num_maps)
     return results
+
+
+def _options_used(options, runner) -> dict[str, Any]:
+    """The inference options and backend of a run, as ``results`` records them."""
+    return {"flow_fusion": options.flow_fusion, "object_fusion": options.object_fusion,
+            "object_weights": options.object_weights if options.object_fusion else None,
+            "backend": runner.name, "precision": getattr(runner, "precision", "float32"),
+            "sounding_threshold": options.sounding_threshold}
 
 
 def _write_outputs(results, predictions, cious, annotated, *, out, per_sample, save_maps, num_maps) -> None:
@@ -121,7 +138,9 @@ def threshold_note(threshold: float | None, given: float | None) -> str:
 
 def format_table(results: dict[str, Any], matching: Matching, skipped: list[tuple[str, str]]) -> str:
     """The printed summary: metrics, then what was left out and why."""
-    rows = [("samples", str(results["n"]))]
+    ogl = results.get("object_fusion", 0.0)
+    rows = [("samples", str(results["n"])),
+            ("object fusion (OGL)", f"on, weight {ogl:g} ({results.get('object_weights')})" if ogl else "off")]
     rows += [(label, f"{results[key]:.4f}") for key, label in
              (("ciou_at_0_5", "cIoU@0.5"), ("auc", "AUC"), ("mean_ciou", "mean cIoU"))]
     if "ap" in results:

@@ -12,7 +12,8 @@ from fixtures_train import small_config, synth_set  # noqa: F401
 from hearflow.calibrate import calibrate
 from hearflow.checkpoint import load_checkpoint, load_model, save_checkpoint
 from hearflow.cli import main
-from hearflow.config import Config, InferenceOptions
+from hearflow.config import Config
+from hearflow.inference import InferenceOptions
 from hearflow.data.annotations import load_annotations
 from hearflow.errors import HearflowError
 from hearflow.evaluate import evaluate

@@ -267,7 +267,7 @@ def test_dict_that_is_no_checkpoint_and_non_dict_files_are_refused(tmp_path):
 
 def test_inference_options_are_recorded_beside_the_config_and_an_old_flow_fusion_still_applies(tmp_path):
     from hearflow.checkpoint import load_model
-    from hearflow.config import InferenceOptions
+    from hearflow.inference import InferenceOptions
 
     model = build_model(config=demo_config("cpu-small"))
     save_checkpoint(tmp_path / "plain.pt", model)

@@ -12,7 +12,7 @@ from hearflow.data.annotations import gt_map_vggss
 from hearflow.metrics import ciou
 from hearflow.scoring import Predictions
 from hearflow.synthetic.baselines import CenterBox, FlowMagnitude
-from hearflow.synthetic.lab import DemoData, method_metrics, picks
+from hearflow.synthetic.lab import DemoData, method_metrics, peak_picks, picks
 from hearflow.synthetic.report import figure_ids, flow_colors
 from hearflow.synthetic.study import STUDY_ROWS, study_markdown, study_summary
 
@@ -41,6 +41,21 @@ def test_picks_counts_the_object_with_the_higher_mean_and_skips_clips_without_a_
     result = picks(maps, records, chunk=2)
     assert result[0] == 1.0 and result[1] == 0.0 and result[4] == 0.0
     assert np.isnan(result[2]) and np.isnan(result[3])
+
+
+def test_peak_picks_asks_whether_the_peak_is_in_the_sounding_object_alone():
+    peak_at = lambda y, x: np.eye(8, dtype=np.float32)[y][:, None] * np.eye(8, dtype=np.float32)[x][None]  # noqa: E731
+    overlapping = ((0.0, 0.0, 0.6, 1.0), (0.4, 0.0, 1.0, 1.0))
+    records = [
+        _record("a", 0, [True, False]),  # peak in the left (sounding) half: picked
+        _record("b", 1, [False, True]),  # peak in the left half, the right sounds: missed
+        _record("c", 0, [True, False], boxes=overlapping),  # peak where both boxes overlap: not alone
+        _record("d", None, [False, False]),  # no visible source: undefined
+        _record("e", 0, [True], boxes=((0.1, 0.1, 0.6, 0.9),)),  # no other object: undefined
+    ]
+    maps = np.stack([peak_at(4, 1), peak_at(4, 1), peak_at(4, 4) + peak_at(4, 3), peak_at(4, 1), peak_at(4, 1)])
+    result = peak_picks(maps * 10, records, chunk=2)
+    assert result[:3].tolist() == [1.0, 0.0, 0.0] and np.isnan(result[3]) and np.isnan(result[4])
 
 
 def test_picks_matches_a_direct_box_mean_on_random_maps():
@@ -160,7 +175,7 @@ def test_study_compares_a_row_with_lvs_on_the_seeds_both_have(tmp_path):
     summary = study_summary(tmp_path)
     assert summary["default"]["spatial-resnet18"]["vs_lvs"] == [0.05, 0.0]  # seed 1 only, not 0.65 - 0.50
     line = next(l for l in study_markdown(summary).splitlines() if l.startswith("| spatial-resnet18: "))
-    assert "| 1 | 0.650 | +0.050 | 1.000 | 0.500 |" in line  # one seed: no spread shown
+    assert "| 1 | 0.650 | +0.050 | 1.000 | - | 0.500 |" in line  # one seed: no spread shown; no peak pick stored
 
 
 @pytest.mark.slow

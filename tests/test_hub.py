@@ -20,7 +20,8 @@ from huggingface_hub import constants as hub_constants  # noqa: E402
 import hearflow  # noqa: E402
 from hearflow.checkpoint import record_inference, save_checkpoint  # noqa: E402
 from hearflow.cli import main  # noqa: E402
-from hearflow.config import InferenceOptions, resolve  # noqa: E402
+from hearflow.config import resolve  # noqa: E402
+from hearflow.inference import InferenceOptions  # noqa: E402
 from hearflow.errors import HearflowError  # noqa: E402
 from hearflow.hub import from_pretrained, save_pretrained  # noqa: E402
 from hearflow.localize import Localizer  # noqa: E402

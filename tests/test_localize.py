@@ -36,7 +36,7 @@ from hearflow.synthetic.presets import demo_config
 from media_fixtures import tone_track, write_video
 
 FPS = 25
-JSON_KEYS = {"video", "fps", "width", "height", "checkpoint", "steps"}
+JSON_KEYS = {"video", "fps", "width", "height", "checkpoint", "object_fusion", "steps"}
 STEP_KEYS = {"time_s", "frame", "peak_xy", "box", "confidence", "sounding"}
 
 
@@ -243,7 +243,7 @@ def test_cli_writes_json_overlay_and_stills(tmp_path, checkpoint, clip, capsys):
     stem = clip.stem
     report = json.loads((out / f"{stem}.json").read_text())
     assert set(report) == JSON_KEYS
-    assert (report["video"], report["checkpoint"]) == (str(clip), str(checkpoint))
+    assert (report["video"], report["checkpoint"], report["object_fusion"]) == (str(clip), str(checkpoint), 0.0)
     assert (report["fps"], report["width"], report["height"]) == (FPS, 128, 96)
     assert [step["frame"] for step in report["steps"]] == list(range(0, 50, 5))
     for step in report["steps"]:
@@ -358,7 +358,7 @@ def test_sounding_is_the_calibrated_decision_on_the_confidence():
 
 def test_a_calibrated_checkpoint_writes_sounding_and_fades_the_overlay(tmp_path, checkpoint, clip):
     from hearflow.checkpoint import load_model, record_inference
-    from hearflow.config import InferenceOptions
+    from hearflow.inference import InferenceOptions
 
     calibrated = record_inference(checkpoint, InferenceOptions(sounding_threshold=5.0), tmp_path / "calibrated.pt")
     assert load_model(calibrated)[1].sounding_threshold == 5.0

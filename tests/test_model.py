@@ -241,8 +241,10 @@ def test_every_preset_gives_maps_of_its_size_and_gradients_reach_exactly_the_tra
         trainable.add("flowatt")
         if m.flow_encoder == "resnet18":
             trainable.add("flownet")
+    trainable |= {name for pair in model.heads for name in pair}  # projection heads (EZ-VSL, SLAVC)
+    momentum = {f"momentum_{name}" for name in trainable | {"imgnet"}} if m.momentum else set()
     present = {name.split(".")[0] for name, _ in model.named_parameters()}
-    assert present == trainable | {"imgnet"}
+    assert present == trainable | {"imgnet"} | momentum
     for name, parameter in model.named_parameters():
         owner = name.split(".")[0]
         assert parameter.requires_grad == (owner in trainable), name

@@ -112,7 +112,7 @@ def test_global_batch_loss_adds_the_weighted_negative_term_to_any_registered_los
     spectrogram, negative = torch.randn(3, 1, 64, 40), torch.zeros(3, 1, 64, 40)
 
     @register_loss("test-peak")
-    def peak(features, model, objective):  # any loss: the own maps' mean peak
+    def peak(features, model, objective, epoch):  # any loss: the own maps' mean peak
         return model.similarity(features).similarity.amax(dim=(1, 2)).mean()
 
     try:

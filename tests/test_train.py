@@ -131,7 +131,7 @@ def test_cli_usage_errors(synth_set, tmp_path, capsys):
     assert "--val-annotations" in capsys.readouterr().err
     assert main(["train", "--config", small, "--train", str(synth_set.prepared), "--out", str(tmp_path / "r"),
                  "--set", "objective.loss=nope", "--workers", "0"]) == 1
-    assert "objective.loss is 'nope'; registered losses: lvs" in capsys.readouterr().err
+    assert "objective.loss is 'nope'; registered losses: ezvsl, fnac, lvs, slavc" in capsys.readouterr().err
 
 
 def test_a_loss_registered_from_outside_trains_through_the_models_halves(synth_set, tmp_path):
@@ -140,7 +140,7 @@ def test_a_loss_registered_from_outside_trains_through_the_models_halves(synth_s
     seen = []
 
     @register_loss("test-mean-map")
-    def mean_map_loss(features, model, objective):
+    def mean_map_loss(features, model, objective, epoch):
         seen.append((tuple(features.visual.shape), tuple(features.audio.shape)))
         cross = model.similarity(features).cross_similarity
         return lvs_loss(cross) + 0.0 * cross.mean()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from hearflow.cli.common import object_fusion_options
 from hearflow.cli.models import backend_options
 
 def add_localize(commands) -> None:
@@ -42,6 +43,7 @@ def add_localize(commands) -> None:
     parser.add_argument("--sounding-threshold", type=float, metavar="T",
                         help="a step is sounding when its confidence is above T (default: the checkpoint's "
                         "calibrated threshold; none: sounding is null)")
+    object_fusion_options(parser)
     backend_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no summary lines (errors and "
                         "warnings are still printed)")
@@ -59,7 +61,8 @@ def _run_localize(args) -> int:
                     video=not args.no_video, png=args.png, allow_silent=args.allow_silent,
                     batch_size=args.batch_size, device=args.device, flow_fusion=args.flow_fusion,
                     input_threads=args.input_threads, backend=args.backend, precision=args.precision,
-                    quiet=args.quiet, sounding_threshold=args.sounding_threshold)
+                    quiet=args.quiet, sounding_threshold=args.sounding_threshold,
+                    object_fusion=args.object_fusion, object_weights=args.object_weights)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hearflow.cli.common import config_flags, config_options
+from hearflow.cli.common import config_flags, config_options, object_fusion_options
 from hearflow.errors import HearflowError
 
 def add_train(commands) -> None:
@@ -113,6 +113,7 @@ def add_evaluate(commands) -> None:
     parser.add_argument("--strict", action="store_true", help="refuse annotations with boxes that cannot be "
                         "scored as given (inverted, zero-area, outside the image); by default they are counted, "
                         "warned about and scored as they are")
+    object_fusion_options(parser)
     backend_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
@@ -126,7 +127,8 @@ def _run_evaluate(args) -> int:
              batch_size=args.batch_size, workers=args.workers, device=args.device,
              skip_missing=args.skip_missing, flow_fusion=args.flow_fusion, progress=not args.quiet,
              backend=args.backend, precision=args.precision, negatives=args.negatives,
-             sounding_threshold=args.sounding_threshold, strict=args.strict)
+             sounding_threshold=args.sounding_threshold, strict=args.strict,
+             object_fusion=args.object_fusion, object_weights=args.object_weights)
     return 0
 
 

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from hearflow.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
-from hearflow.config import Config, InferenceOptions
+from hearflow.config import Config
+from hearflow.inference import InferenceOptions
 from hearflow.errors import HearflowError
 from hearflow.hub.card import model_card
 from hearflow.io import json_text, write_atomic, write_json, write_text

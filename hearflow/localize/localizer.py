@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hearflow.backends import make_backend
-from hearflow.config import InferenceOptions
+from hearflow.inference import InferenceOptions
 from hearflow.data.prepared import as_stored
 from hearflow.data.transforms import audio_window_length, sample_tensors
 from hearflow.distributed import resolve_device
@@ -41,6 +41,8 @@ class Localizer:
     magnitude (None: 0, or the checkpoint's recorded default with `from_checkpoint`);
     sounding_threshold: steps are ``sounding`` when their confidence is above it (None:
     uncalibrated, ``sounding`` is None; `from_checkpoint`: the checkpoint's calibrated one);
+    object_fusion, object_weights: object-guided localization, maps blended with an
+    object-saliency trunk's (`hearflow.inference.InferenceOptions`; None: off);
     checkpoint: the file the model came from, recorded in the JSON output
     (`from_checkpoint` sets it);
     input_threads: threads that make the model inputs of a video's steps (flow,
@@ -64,12 +66,15 @@ class Localizer:
         backend: str = "auto",
         precision: str = "float32",
         sounding_threshold: float | None = None,
+        object_fusion: float | None = None,
+        object_weights: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise HearflowError(f"batch size must be at least 1, got {batch_size}")
         if input_threads is not None and input_threads < 1:
             raise HearflowError(f"input threads must be at least 1, got {input_threads}")
-        self.options = InferenceOptions().with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold)
+        self.options = InferenceOptions().with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold,
+                                                         object_fusion=object_fusion, object_weights=object_weights)
         self.device = resolve_device(device)
         if input_threads is None:
             input_threads = max(1, (os.cpu_count() or 1) - 1) if self.device.type == "cuda" else 1
@@ -79,13 +84,15 @@ class Localizer:
         self.batch_size = int(batch_size)
         self.checkpoint = checkpoint
         self.uses_flow = self.config.model.prior != "none" or self.options.flow_fusion > 0
-        self.backend = make_backend(backend, self.model, self.device, self.options.flow_fusion, precision)
+        self.backend = make_backend(backend, self.model, self.device, self.options.flow_fusion, precision,
+                                    self.options.object_fusion, self.options.object_weights)
         self.trained_on_synthetic = False
 
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, device: str = "auto", flow_fusion: float | None = None,
-        sounding_threshold: float | None = None, **options
+        sounding_threshold: float | None = None, object_fusion: float | None = None,
+        object_weights: str | None = None, **options
     ) -> "Localizer":
         """A Localizer for a hearflow or released checkpoint, a Hub folder or ``hf://USER/REPO``
         (see `hearflow.load`); inference options left as None take the checkpoint's recorded defaults."""
@@ -94,9 +101,11 @@ class Localizer:
 
         raw = read_any(path)
         model, recorded = model_from_checkpoint(raw, path, map_location="cpu")
-        chosen = recorded.with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold)
+        chosen = recorded.with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold,
+                                         object_fusion=object_fusion, object_weights=object_weights)
         localizer = cls(model, device=device, checkpoint=str(path), flow_fusion=chosen.flow_fusion,
-                        sounding_threshold=chosen.sounding_threshold, **options)
+                        sounding_threshold=chosen.sounding_threshold, object_fusion=chosen.object_fusion,
+                        object_weights=chosen.object_weights, **options)
         localizer.trained_on_synthetic = trained_on_synthetic(raw)
         return localizer
 

@@ -91,8 +91,8 @@ def localize_video(
     """Localize one video and write its outputs (see `outputs`); returns the paths written
     (a `LocalizedVideo`: a dict of paths with the run's counts).
 
-    ``{stem}.json``: ``{"video", "fps", "width", "height", "checkpoint", "steps": [{"time_s",
-    "frame", "peak_xy", "box", "confidence", "sounding"}]}``; with `video`,
+    ``{stem}.json``: `_header` and ``"steps": [{"time_s", "frame", "peak_xy", "box",
+    "confidence", "sounding"}]``; with `video`,
     ``{stem}.overlay.mp4``: every frame at the original size and frame rate with the
     latest step's heatmap blended on (held until the next step; faded, `step_alpha`,
     where the calibrated decision says no visible object sounds), the original audio
@@ -112,8 +112,7 @@ def localize_video(
         _prepare_folder(out_dir, paths, video_only, info, png)
         if not info.has_audio:
             print(f"hearflow: warning: {video_path}: no audio track; localizing with silence", file=sys.stderr)
-        header = {"video": str(video_path), "fps": round(info.fps, 6), "width": info.width,
-                  "height": info.height, "checkpoint": localizer.checkpoint}
+        header = _header(localizer, video_path, info)
         cleanup.callback(silent_overlay.unlink, missing_ok=True)
         writer = None
         if video:  # video-only first, then the original audio is muxed in (streamed, not re-encoded when AAC)
@@ -161,6 +160,13 @@ class _Progress:
         self.bar.update(count)
         self.done += count
         self.on_frame(min(self.done, self.total), self.total)
+
+
+def _header(localizer: Localizer, video_path: str | Path, info) -> dict:
+    """The JSON's header: ``video``, ``fps``, ``width``, ``height``, ``checkpoint`` and
+    ``object_fusion`` (the OGL weight; 0 = off)."""
+    return {"video": str(video_path), "fps": round(info.fps, 6), "width": info.width, "height": info.height,
+            "checkpoint": localizer.checkpoint, "object_fusion": localizer.options.object_fusion}
 
 
 def _write_frame(event: FrameReady, writer: VideoWriter | None, stills: Path | None) -> None:
@@ -215,6 +221,8 @@ def localize_videos(
     precision: str = "float32",
     quiet: bool = False,
     sounding_threshold: float | None = None,
+    object_fusion: float | None = None,
+    object_weights: str | None = None,
 ) -> list[LocalizedVideo]:
     """`hearflow localize`: `localize_video` for each input (files, or folders of videos) with one model.
 
@@ -228,7 +236,8 @@ def localize_videos(
     videos = video_inputs(videos)
     localizer = Localizer.from_checkpoint(checkpoint, device, batch_size=batch_size, flow_fusion=flow_fusion,
                                           input_threads=input_threads, backend=backend, precision=precision,
-                                          sounding_threshold=sounding_threshold)
+                                          sounding_threshold=sounding_threshold, object_fusion=object_fusion,
+                                          object_weights=object_weights)
     if localizer.trained_on_synthetic:
         print("hearflow: note: " + SYNTHETIC_NOTE.format(checkpoint=checkpoint), file=sys.stderr)
     written, failed, stems = [], [], {}

@@ -57,14 +57,16 @@ class ImageEncoder(ResNetTrunk):
 
 
 class AudioEncoder(ResNetTrunk):
-    """Spectrogram ``B x 1 x F x T`` -> L2-normalised ``B x 8w`` vector (global max pool).
+    """Spectrogram ``B x 1 x F x T`` -> L2-normalised ``B x 8w`` vector (global max pool);
+    ``normalize=False``: the pooled vector as it is (a projection head follows, as in EZ-VSL).
 
     Initialised as released: Kaiming normal (fan_out) convolutions, BatchNorm weight
     ~ N(1, 0.02) and bias 0.
     """
 
-    def __init__(self, width: int = 64) -> None:
+    def __init__(self, width: int = 64, normalize: bool = True) -> None:
         super().__init__(1, width, 32)
+        self.normalize = normalize
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
                 nn.init.normal_(module.weight, mean=1.0, std=0.02)
@@ -72,7 +74,7 @@ class AudioEncoder(ResNetTrunk):
 
     def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
         features = super().forward(spectrogram).amax(dim=(2, 3))
-        return F.normalize(features, dim=1)
+        return F.normalize(features, dim=1) if self.normalize else features
 
 
 def flow_encoder(width: int = 64, map_stride: int = 32, conv1_init: str = "random") -> ResNetTrunk:

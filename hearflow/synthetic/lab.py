@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hearflow.backends import make_backend
 from hearflow.checkpoint import load
 from hearflow.config import Config
 from hearflow.data.annotations import load_annotations
@@ -41,17 +42,16 @@ from hearflow.metrics import MAP_SIZE, summarize, upsample_maps
 from hearflow.prepare import prepare
 from hearflow.calibrate import calibrate
 from hearflow.errors import HearflowError
+from hearflow.inference import PUBLISHED_OBJECT_FUSION
 from hearflow.negatives import negative_results
 from hearflow.scoring import AnnotatedSet, NegativeMaps, Predictions, predict, score
 from hearflow.synthetic.baselines import CenterBox, FlowMagnitude
 from hearflow.synthetic.clips import synthesize
+from hearflow.synthetic.methods import CENTER, FLOW_ONLY, LATE_FUSION, OBJECT_FUSION
 from hearflow.synthetic.plan import SynthSettings
 from hearflow.train import train
 
 HTF, LVS = "htf", "lvs"
-
-
-CENTER, FLOW_ONLY, LATE_FUSION = "center", "flow_only", "lvs_flow_fusion"
 
 
 METHODS = (HTF, LVS, CENTER, FLOW_ONLY, LATE_FUSION)
@@ -70,7 +70,7 @@ SUBSETS = ("source_moves", "source_still", "twins")
 
 
 LATE_FUSION_ALPHA = 1.0  # weight of the normalised flow magnitude in late fusion
-TRAINING_FREE = (CENTER, FLOW_ONLY, LATE_FUSION)
+TRAINING_FREE = (CENTER, FLOW_ONLY, LATE_FUSION, OBJECT_FUSION)
 
 
 @dataclass(frozen=True)
@@ -206,11 +206,13 @@ def train_model(config: Config, train_dir: Path, run_dir: Path, progress: bool =
 
 
 def predict_method(
-    method: str, checkpoint: Path, data: DemoData, config: Config, progress: bool = True
+    method: str, checkpoint: Path, data: DemoData, config: Config, progress: bool = True,
+    object_weights: Path | None = None,
 ) -> Predictions:
     """`Predictions` on the test set of a trained ``checkpoint`` (``method`` HTF, LVS or any
-    other trained name) or of a training-free method of `TRAINING_FREE` (late fusion
-    uses ``checkpoint``, the LVS one; the others only ``config``'s map size)."""
+    other trained name) or of a training-free method of `TRAINING_FREE` (late fusion and
+    object fusion use ``checkpoint``, a trained row's; the others only ``config``'s map
+    size). Object fusion blends with a saliency trunk of ``object_weights``."""
     map_size = config.data.image_size // config.model.map_stride
     flow_fusion = 0.0
     if method == CENTER:
@@ -220,6 +222,9 @@ def predict_method(
     else:
         model = load(checkpoint)
         flow_fusion = LATE_FUSION_ALPHA if method == LATE_FUSION else 0.0
+        if method == OBJECT_FUSION:
+            model = make_backend("torch", model, torch.device("cpu"), object_fusion=PUBLISHED_OBJECT_FUSION,
+                                 object_weights=str(object_weights))
     # The added no-source clips go in batches of their own: the test set's clips are
     # predicted in exactly the batches they were before, so their maps are bit-identical.
     added = set(data.added_no_source)
@@ -234,8 +239,9 @@ def predict_method(
 def method_metrics(predictions: Predictions, data: DemoData) -> dict[str, Any]:
     """The protocol's metrics plus the pick rate, overall and per subset of `SUBSETS`.
 
-    Returns ``{n, ciou_at_0_5, auc, mean_ciou, pick_rate, [ap, max_f1,]
-    subsets: {name: {n, ciou_at_0_5, auc, mean_ciou, pick_rate}}}``; the ``twins``
+    Returns ``{n, ciou_at_0_5, auc, mean_ciou, pick_rate, peak_pick_rate, [ap, max_f1,]
+    subsets: {name: {n, ciou_at_0_5, auc, mean_ciou, pick_rate, peak_pick_rate}}}``
+    (`picks`: box means; `peak_picks`: where the peak lies); the ``twins``
     subset only when the test set has twin clips.
     """
     annotations = load_annotations(data.test_annotations)
@@ -249,7 +255,9 @@ def method_metrics(predictions: Predictions, data: DemoData) -> dict[str, Any]:
         "twins": np.array([bool(record["twin"]) for record in records]),
     }
     metrics = {key: results[key] for key in ("n", "ciou_at_0_5", "auc", "mean_ciou")}
+    peaks = peak_picks(predictions.similarity, records)
     metrics["pick_rate"] = _rate(picked)
+    metrics["peak_pick_rate"] = _rate(peaks)
     metrics.update({key: results[key] for key in ("ap", "max_f1") if key in results})
     metrics["subsets"] = {}
     for name in SUBSETS:
@@ -259,6 +267,7 @@ def method_metrics(predictions: Predictions, data: DemoData) -> dict[str, Any]:
         subset = {"n": int(rows.sum())}
         subset.update({key: float(value) for key, value in summarize(cious[rows]).items()} if rows.any() else {})
         subset["pick_rate"] = _rate(picked[rows])
+        subset["peak_pick_rate"] = _rate(peaks[rows])
         metrics["subsets"][name] = subset
     return metrics
 
@@ -282,6 +291,26 @@ def picks(similarity_maps: np.ndarray, records: list[dict[str, Any]], chunk: int
             means = [_box_mean(grid, obj["box"]) for obj in record["objects"]]
             result[start + offset] = float(all(means[sounding] > mean for i, mean in enumerate(means) if i != sounding))
     return result
+
+
+def peak_picks(similarity_maps: np.ndarray, records: list[dict[str, Any]], chunk: int = 64) -> np.ndarray:
+    """Per clip: 1.0 when the map's peak (on the 224 x 224 grid, as `picks`) lies inside the sounding
+    object's box and inside no silent object's, else 0.0; NaN as `picks` (float64 N)."""
+    result = np.full(len(records), np.nan)
+    for start in range(0, len(records), chunk):
+        for offset, grid in enumerate(upsample_maps(similarity_maps[start : start + chunk])):
+            record = records[start + offset]
+            if record["sounding"] is None or len(record["objects"]) < 2:
+                continue
+            y, x = np.unravel_index(int(np.argmax(grid)), grid.shape)
+            inside = [_contains(obj["box"], x, y) for obj in record["objects"]]
+            result[start + offset] = float(inside[record["sounding"]] and sum(inside) == 1)
+    return result
+
+
+def _contains(box: list[float], x: int, y: int) -> bool:
+    x0, y0, x1, y1 = (int(MAP_SIZE * max(value, 0.0)) for value in box)
+    return x0 <= x < x1 and y0 <= y < y1
 
 
 def _box_mean(grid: np.ndarray, box: list[float]) -> float:

@@ -1,8 +1,9 @@
 """The flow-prior study: every row on the same synthetic data per seed, resumable.
 
 Each (setting, seed) synthesises and prepares its data once (the demo's sizes and
-seeds) and trains every trained row on it; training-free rows reuse the lvs row's
-checkpoint. Every trained row is ``demo-lvs`` (the demo's CPU model without a prior)
+seeds) and trains every trained row on it; training-free rows reuse a trained row's
+checkpoint (``StudyRow.base``, the lvs row's by default). The rows are the flow-prior
+ones and the method axis (`hearflow.synthetic.methods`: EZ-VSL, FNAC, SLAVC, OGL). Every trained row is ``demo-lvs`` (the demo's CPU model without a prior)
 plus its own fields, so a row means the same whatever the demo's HTF configuration
 is. Results, what was run and what it says: ``docs/flow-prior-study.md``.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +34,10 @@ from hearflow.synthetic.lab import (
     predict_method,
     train_model,
 )
+from hearflow.synthetic.methods import StudyRow, method_rows
 from hearflow.synthetic.plan import SynthSettings
 from hearflow.synthetic.presets import demo_config
 from hearflow.synthetic.pretrain import make_pretrained_weights
-
-@dataclass(frozen=True)
-class StudyRow:
-    """One row of the flow-prior study: a trained preset with overrides, or a training-free method."""
-
-    name: str
-    description: str
-    preset: str | None = None  # trained rows: the preset and its overrides
-    overrides: tuple[tuple[str, Any], ...] = ()
-    method: str | None = None  # training-free rows: a method of `lab.TRAINING_FREE` on the lvs row's run
-    pretrain: bool = False  # start from the seed's synthetic classifier (`synthetic.pretrain`), Table 4's ImageNet
-
 
 STUDY_SEEDS = (0, 1, 2)
 
@@ -58,6 +47,10 @@ STUDY_SETTINGS = {
     # silent twin of the sounding object (only motion tells them apart) and 32 classes.
     "default": {},
     "hard": {"twins": 0.3, "classes": 32},
+    # A second distribution: small objects (a tenth of the frame's area: 0.55 x the default
+    # size) anywhere in the frame (the free layout), of 32 classes (16 shapes x hues x
+    # textures and sounds the default never shows, frequencies re-spaced).
+    "small": {"layout": "free", "object_scale": 0.55, "classes": 32},
 }
 
 
@@ -111,7 +104,9 @@ STUDY_ROWS = (
              "demo-lvs", _PRETRAINED_FLOW + _FROZEN, pretrain=True),
     StudyRow("channel-resnet18-frozen-random-conv1", "as Table 4 f with a random flow conv1 instead of rgb-mean",
              "demo-lvs", _PRETRAINED_FLOW + _FROZEN + (("model.flow_conv1_init", "random"),), pretrain=True),
+    *method_rows(),  # the method axis: EZ-VSL, FNAC, SLAVC (and OGL of LVS and HTF), `synthetic.methods`
 )
+_ROWS = {row.name: row for row in STUDY_ROWS}
 
 
 def run_study(
@@ -154,7 +149,8 @@ def run_study(
 
 
 def _study_seed(out: Path, setting: str, seed: int, rows: list[StudyRow], size: DemoSize, workers: int, progress: bool) -> None:
-    """Train and score every row still missing for one (setting, seed)."""
+    """Train and score every row still missing for one (setting, seed); a training-free row
+    runs on its base row's checkpoint (trained first when missing)."""
     def result_path(row):
         return out / "rows" / row.name / f"seed{seed}.json"
 
@@ -165,25 +161,21 @@ def _study_seed(out: Path, setting: str, seed: int, rows: list[StudyRow], size: 
     data_dir = out / f"data-seed{seed}"
     data = make_data(data_dir, size.train_clips, size.test_clips, seed, lvs_config, workers=workers,
                      progress=progress, **STUDY_SETTINGS[setting])
-    lvs_checkpoint = data_dir / "runs" / "lvs" / "last.pt"
+    classes = STUDY_SETTINGS[setting].get("classes", SynthSettings().classes)
     for row in missing:
         clock = time.monotonic()
-        if row.method is None:
-            config = _study_config(row, seed, size)
-            if row.pretrain:
-                classes = STUDY_SETTINGS[setting].get("classes", SynthSettings().classes)
-                weights = make_pretrained_weights(data_dir / "vision-classifier.pt", config, classes, seed,
-                                                  progress=progress)
-                config.model.pretrained_weights = str(weights)
-            run_dir = data_dir / "runs" / row.name
-            checkpoint = run_dir / "last.pt"
-            if not checkpoint.is_file():
-                train_model(config, data.train_dir, run_dir, progress, pretrained=row.pretrain)
-            predictions = predict_method(row.name, checkpoint, data, config, progress)
-        else:
-            if not lvs_checkpoint.is_file():
-                train_model(lvs_config, data.train_dir, lvs_checkpoint.parent, progress)
-            predictions = predict_method(row.method, lvs_checkpoint, data, lvs_config, progress)
+        trained = row if row.method is None else _ROWS[row.base or STUDY_ROWS[0].name]
+        config = _study_config(trained, seed, size)
+        weights = None
+        if row.pretrain:  # the seed's synthetic classifier: Table 4's ImageNet, and OGL's saliency trunk
+            weights = make_pretrained_weights(data_dir / "vision-classifier.pt", _study_config(STUDY_ROWS[0], seed, size),
+                                              classes, seed, progress=progress)
+        if trained.pretrain:
+            config.model.pretrained_weights = str(weights)
+        checkpoint = data_dir / "runs" / trained.name / "last.pt"
+        if trained.method is None and not checkpoint.is_file():
+            train_model(config, data.train_dir, checkpoint.parent, progress, pretrained=trained.pretrain)
+        predictions = predict_method(row.method or row.name, checkpoint, data, config, progress, object_weights=weights)
         metrics = method_metrics(predictions, data)
         metrics["seconds"] = round(time.monotonic() - clock, 1)
         write_json(result_path(row), metrics)
@@ -228,7 +220,9 @@ def study_summary(out: Path) -> dict[str, Any]:
 
 def _spread(results: list[dict[str, Any]]) -> dict[str, list[float]]:
     spread = {}
-    for key in ("mean_ciou", "pick_rate", "ciou_at_0_5"):
+    for key in ("mean_ciou", "pick_rate", "peak_pick_rate", "ciou_at_0_5", "seconds"):
+        if any(key not in result for result in results):
+            continue
         values = np.array([result[key] for result in results], dtype=np.float64)
         spread[key] = [round(float(values.mean()), 4), round(float(values.std()), 4)]
     return spread
@@ -243,21 +237,23 @@ def study_markdown(summary: dict[str, Any]) -> str:
     lines = []
     for setting, knobs in STUDY_SETTINGS.items():
         lines += [f"Setting `{setting}` (synth knobs {knobs or 'defaults'}):", ""]
-        lines.append("| row | seeds | mean cIoU | vs lvs | pick rate | cIoU@0.5 | twins: mean cIoU / pick "
-                     "| moving source: mean cIoU / pick |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("| row | seeds | mean cIoU | vs lvs | pick rate | peak pick | cIoU@0.5 | twins: mean cIoU / pick "
+                     "| moving source: mean cIoU / pick | s / run |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for row in STUDY_ROWS:
             entry = summary.get(setting, {}).get(row.name)
             if entry is None:
-                lines.append(f"| {row.name}: {row.description} | not run | | | | | | |")
+                lines.append(f"| {row.name}: {row.description} | not run | | | | | | | | |")
                 continue
             single = len(entry["seeds"]) == 1
             versus = _pm(entry["vs_lvs"], single, "+.3f") if "vs_lvs" in entry else "-"
-            cells = [_pm(entry["mean_ciou"], single), versus, _pm(entry["pick_rate"], single),
+            peak = _pm(entry["peak_pick_rate"], single) if "peak_pick_rate" in entry else "-"
+            cells = [_pm(entry["mean_ciou"], single), versus, _pm(entry["pick_rate"], single), peak,
                      _pm(entry["ciou_at_0_5"], single)]
             for subset in ("twins", "source_moves"):
                 part = entry.get(subset)
                 cells.append(f"{_pm(part['mean_ciou'], single)} / {_pm(part['pick_rate'], single)}" if part else "-")
+            cells.append(_pm(entry["seconds"], single, ".0f") if "seconds" in entry else "-")
             seeds = ",".join(map(str, entry["seeds"]))
             lines.append(f"| {row.name}: {row.description} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -67,11 +67,6 @@ from hearflow.train.run_folder import (
 )
 
 
-
-
-
-
-
 @dataclass
 class Trainer:
     """Everything `train_one_epoch` and `fit` use; `build` makes one."""
@@ -157,11 +152,14 @@ class Embedder(nn.Module):
 
 def training_embedder(model: HTF, context: distributed.Distributed) -> nn.Module:
     """`Embedder` of ``model`` (already on ``context.device``) as a training step runs it:
-    with synchronised BatchNorm and DistributedDataParallel when there are several processes."""
+    with DistributedDataParallel when there are several processes, and synchronised BatchNorm
+    unless ``objective.loss_batch`` is ``per-process`` (each process's batch its own, as the
+    EZ-VSL / FNAC / SLAVC code trains)."""
     embedder = Embedder(model)
     if not context.enabled:
         return embedder
-    distributed.synchronize_batchnorm(model, context.device)
+    if model.config.objective.loss_batch == "global":
+        distributed.synchronize_batchnorm(model, context.device)
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(embedder, device_ids=device_ids)
 
@@ -222,7 +220,7 @@ def train_one_epoch(trainer: Trainer, epoch: int, writer, progress: bool = True)
         inputs = trainer.train_data.inputs(batch, device)
         negative = trainer.train_data.negative_spectrogram(batch, device)
         loss = global_batch_loss(trainer.embedder, trainer.model, inputs, config.objective, trainer.amp_dtype,
-                                 negative)
+                                 negative, epoch=epoch)
         value = loss.item()
         if not math.isfinite(value):
             raise HearflowError(_nan_message(trainer, value, epoch, step, list(batch["id"]), inputs))
