@@ -7,7 +7,7 @@ Imports are read with `ast` (module-level and inside functions; those under
 ``if TYPE_CHECKING:`` are for type hints only and left out). Each module belongs to
 one kind by its first name under ``hearflow/``:
 
-- layers: errors, io, config, rng, metrics, negatives, objective, distributed,
+- layers: errors, io, presets, config, rng, metrics, negatives, objective, distributed,
   checkpoint, overlay, scoring, backends, media/, data/, model/;
 - stages: prepare, pack, train, calibrate, evaluate, localize/;
 - the lab: synthetic/;
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hearflow"
-LAYERS = {"errors", "io", "config", "rng", "metrics", "negatives", "objective", "distributed", "checkpoint",
+LAYERS = {"errors", "io", "presets", "config", "rng", "metrics", "negatives", "objective", "distributed", "checkpoint",
           "overlay", "scoring", "backends", "media", "data", "model"}
 STAGES = {"prepare", "pack", "train", "calibrate", "evaluate", "localize"}
 LAB = {"synthetic"}

@@ -75,7 +75,7 @@ class HTF(nn.Module):
         m = config.model
         channels = 8 * m.width
         self.imgnet = ImageEncoder(m.width, m.map_stride, frozen=m.vision_frozen, bn_drift=m.vision_bn_drift)
-        self.audnet = AudioEncoder(m.width)
+        self.audnet = AudioEncoder(m.width, m.audio_pool)
         uses_flow_trunk = m.prior != "none" and m.flow_encoder == "resnet18"
         self.flownet = flow_encoder(m.width, m.map_stride, m.flow_conv1_init) if uses_flow_trunk else None
         flow_channels = channels if uses_flow_trunk else 2
@@ -109,7 +109,7 @@ class HTF(nn.Module):
             if self.flownet is not None:
                 flow_features = self.flownet(flow)
             else:
-                flow_features = max_pool_flow(flow, _map_size(visual))
+                flow_features = max_pool_flow(flow, _map_size(visual), self.config.model.flow_pool)
             visual = visual + self.flowatt(visual, flow_features)
         return Features(F.normalize(visual, dim=1), self.audnet(spectrogram))
 

@@ -37,10 +37,13 @@ from hearflow.data.lists import VIDEO_SUFFIXES, find_videos, read_ids, read_keyf
 from hearflow.data.prepared import (
     FAILURE_COLUMNS,
     MANIFEST_COLUMNS,
+    RECIPE_ADDED,
+    RECIPE_KEYS,
     CsvLog,
     failures_name,
     file_problem,
     manifest_name,
+    recipe_of,
     sample_paths,
 )
 from hearflow.errors import HearflowError, option
@@ -49,9 +52,6 @@ from hearflow.prepare.video import prepare_video
 from hearflow.prepare.workers import WorkerPool
 
 DEFAULT_TIMEOUT_S = 300.0  # per video; a decode that hangs longer is a "timeout" failure
-
-
-RECIPE_KEYS = ("sample_rate", "seconds", "flow_method", "flow_size", "flow_pairs")
 
 
 @dataclass
@@ -106,6 +106,7 @@ def _check_recipe(out: Path, recipe: dict) -> None:
                 raise ValueError(f"it holds a {type(earlier).__name__}, not the recipe")
         except (OSError, ValueError, RecursionError) as error:
             raise HearflowError(f"{path} is unreadable ({error}); remove it or use a new output folder") from None
+        earlier = {**RECIPE_ADDED, **earlier}
         differences = [f"{key} {earlier.get(key)!r} -> {recipe[key]!r}" for key in RECIPE_KEYS if earlier.get(key) != recipe[key]]
         if differences:
             raise HearflowError(
@@ -170,7 +171,7 @@ def prepare(
         raise HearflowError(f"{option('--timeout', 'timeout_s')} must be positive, got {timeout_s}")
     if config.sample_rate <= 0 or config.seconds <= 0:
         raise HearflowError("data.sample_rate and data.seconds (--sample-rate, --seconds) must be positive")
-    recipe = {key: getattr(config, key) for key in RECIPE_KEYS}
+    recipe = recipe_of(config)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise HearflowError(f"{out} is a file; the output must be a folder (a new one, or one prepare wrote)")
