@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hearflow.config import Config, DataConfig
-from hearflow.data.lists import VIDEO_SUFFIXES, find_videos, read_ids, read_keyframes, shard_of
+from hearflow.data.lists import VIDEO_SUFFIXES, find_videos, read_ids, read_keyframe_files, shard_of
 from hearflow.data.prepared import (
     FAILURE_COLUMNS,
     MANIFEST_COLUMNS,
@@ -148,7 +148,7 @@ def prepare(
     data_config: DataConfig | None = None,
     *,
     ids: str | Path | None = None,
-    keyframes: str | Path | None = None,
+    keyframes: str | Path | list[str | Path] | None = None,
     workers: int = 1,
     shard: tuple[int, int] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -159,7 +159,7 @@ def prepare(
 
     The recipe (audio rate and window, flow method, working size, pairs) comes from
     `data_config` (default: the ``htf`` preset's). `ids`: a file of ids to select;
-    `keyframes`: a Flickr key-frame CSV; `shard`: (I, N) to do only the ids whose
+    `keyframes`: a Flickr key-frame CSV, or several (a later file's entry wins for its id); `shard`: (I, N) to do only the ids whose
     stable hash falls in shard I. Returns a PrepareSummary; usage errors raise
     HearflowError.
     """
@@ -177,7 +177,7 @@ def prepare(
         raise HearflowError(f"{out} is a file; the output must be a folder (a new one, or one prepare wrote)")
     summary = PrepareSummary(out=str(out), failures_file=str(out / failures_name(shard)))
     videos = _select_videos(src, ids, shard, summary)
-    tasks, input_failures = _tasks(videos, read_keyframes(keyframes) if keyframes is not None else {})
+    tasks, input_failures = _tasks(videos, read_keyframe_files(keyframes) if keyframes else {})
     with _output_lock(out, shard), _storage_errors_stop_the_run(out, summary):
         for folder in ("frames", "flow", "audio"):
             try:
