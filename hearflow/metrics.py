@@ -317,7 +317,7 @@ def peak(similarity_maps) -> np.ndarray:
 
 @register_confidence("slavc")
 def slavc_confidence(similarity_maps) -> np.ndarray:
-    """SLAVC's confidence (Mo and Morgado, ECCV 2022), as its evaluation computes it (float64 N).
+    """SLAVC's confidence (Mo and Morgado, NeurIPS 2022), as its evaluation computes it (float64 N).
 
     Each map is upsampled to 224 x 224 by bicubic interpolation with aligned corners
     (PyTorch's ``interpolate(mode="bicubic", align_corners=True)``, `bicubic_aligned`),
