@@ -202,7 +202,7 @@ def test_benchmark_check_and_flow_fusion(synth_set, checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_released_checkpoint_is_evaluated_with_its_own_preprocessing(synth_set, tmp_path):
+def test_released_checkpoint_is_evaluated_with_its_own_preprocessing(synth_set, tmp_path, capsys):
     torch.manual_seed(0)
     released = build_model("htf-released")
     path = tmp_path / "released.pth"
@@ -220,4 +220,7 @@ def test_released_checkpoint_is_evaluated_with_its_own_preprocessing(synth_set, 
     assert rows[0]["id"] == item["id"]
     assert float(rows[0]["confidence"]) == pytest.approx(float(slavc_confidence(similarity.numpy())[0]), abs=1e-5)
     assert results["confidence"] == "slavc"
+    warning = capsys.readouterr().err  # the folder is htf's recipe, the checkpoint the release's
+    assert "was prepared with another recipe than the checkpoint's (sample_rate: 16000 in the folder, 22050" in warning
+    assert "flow_size: 256 in the folder, 0 in the config" in warning and "--preset htf-released" in warning
     assert results["n"] > 0 and 0.0 <= results["auc"] <= 1.0
