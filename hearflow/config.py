@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from hearflow.errors import HearflowError, option
-from hearflow.presets import PRESETS, Preset
+from hearflow.presets import PRESETS, Preset  # noqa: F401 (Preset: re-exported, as before the move)
 
 PRIORS = ("channel", "spatial", "none")
 FLOW_ENCODERS = ("resnet18", "maxpool")

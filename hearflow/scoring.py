@@ -63,8 +63,7 @@ class Predictions:
             return self.confidence.astype(np.float64)
         values = np.full(len(self.ids), np.nan)
         finite = np.isfinite(self.similarity.reshape(len(self.ids), -1)).all(axis=1)
-        result = named_confidence(name, self.similarity[finite])
-        values[finite] = result
+        values[finite] = named_confidence(name, self.similarity[finite])
         return values
 
     @staticmethod
