@@ -3,9 +3,11 @@
 Every default of the method lives here and nowhere else. A `Config` is embedded in
 every checkpoint, so a checkpoint alone rebuilds its model and its preprocessing.
 
-Presets (`PRESETS`): the paper's rows, the released variants and the field's methods
-(`hearflow.methods`, reasons in ``Preset.why``), each named once (``hearflow presets``);
-the demo's CPU-sized configurations live with the demo (`hearflow.synthetic.presets`).
+Presets (`PRESETS`, written in `hearflow.presets`, the field's methods in
+`hearflow.methods`) are the paper's rows, the authors' released variants and EZ-VSL,
+FNAC and SLAVC, each named once with a reason for every field it changes
+(``hearflow presets`` lists them with the rows they reproduce); the demo's
+CPU-sized configurations live with the demo (`hearflow.synthetic.presets`).
 
 Every command builds its configuration the same way (`resolve`): preset < config file
 < ``--set KEY=VALUE`` < explicit flags (which are config fields themselves).
@@ -27,13 +29,17 @@ from typing import Any
 import yaml
 
 from hearflow.errors import HearflowError, option
-from hearflow.methods import METHOD_PRESETS
+from hearflow.presets import PRESETS, Preset  # noqa: F401 (Preset: re-exported, as before the move)
 
 PRIORS = ("channel", "spatial", "none")
 FLOW_ENCODERS = ("resnet18", "maxpool")
 FLOW_CONV1_INITS = ("random", "rgb-mean")
 FLOW_ENCODINGS = ("signed", "official")
 FLOW_METHODS = ("farneback", "dis")
+AUDIO_POOLS = ("avg", "max")
+FLOW_POOLS = ("magnitude", "channel-max")
+AUDIO_CENTRES = ("key-frame", "clip-middle")
+BEST_TIES = ("auc", "first")
 # Negative audio (`hearflow.data.negatives`): the image with silence, with white noise,
 # with the sound of a clip whose source is not in the frame.
 NEGATIVE_KINDS = ("silence", "noise", "offscreen")
@@ -56,6 +62,11 @@ class ModelConfig:
     pretrained_weights: str = "imagenet"  # imagenet (torchvision ResNet-18) | a file from hearflow.pretrain
     width: int = 64  # channels of the first ResNet stage; 64 is ResNet-18
     map_stride: int = 32  # input pixels per similarity-map cell: 32, 16 or 8
+    audio_pool: str = "avg"  # avg (Eq. 2's global average pooling) | max (released)
+    # The max-pool flow encoder (Table 5): magnitude keeps, per cell, the flow vector of the
+    # largest magnitude (motion in any direction counts) | channel-max (released: dx and dy
+    # pooled separately, so only rightward / downward motion of signed flow survives)
+    flow_pool: str = "magnitude"
     # The field's methods (`hearflow.model.heads`); the defaults are HTF's (none of them):
     projection: int = 0  # EZ-VSL: image 1x1 conv and audio linear to this many channels; 0 = none
     heads: int = 1  # SLAVC: 2 projection heads (needs projection > 0), maps averaged over them
@@ -70,7 +81,10 @@ class DataConfig:
     """Preprocessing shared by training, evaluation and localization."""
 
     sample_rate: int = 16000  # Hz of the audio window fed to the spectrogram
-    seconds: float = 3.0  # audio window length, centred on the key frame
+    seconds: float = 3.0  # audio window length, centred on audio_centre
+    # key-frame: the window centred on the key frame | clip-middle: on the middle of the whole
+    # audio track, cut as the release cut its Flickr test audio (`hearflow.media.audio.middle_window`)
+    audio_centre: str = "key-frame"
     nperseg: int = 512  # spectrogram window (samples)
     noverlap: int = 274  # spectrogram overlap (samples)
     log_eps: float = 1e-7  # log(S + log_eps)
@@ -139,6 +153,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16) | bf16 | fp16 | off
     shuffle_buffer: int = 1000  # samples each loader worker mixes when streaming shards (~150 KB each)
     gpu_inputs: bool = False  # decode JPEGs, resize, crop, flip and spectrogram on the device
+    shuffle: bool = True  # a new sample order every epoch; False: sorted ids, the same batches (released)
+    best_ties: str = "auc"  # among epochs tied on validation cIoU@0.5 keep: auc (the higher AUC) | first (released)
 
 
 @dataclass
@@ -159,6 +175,10 @@ class Config:
         _check_choice("model.flow_conv1_init", m.flow_conv1_init, FLOW_CONV1_INITS)
         _check_choice("data.flow_encoding", d.flow_encoding, FLOW_ENCODINGS)
         _check_choice("data.flow_method", d.flow_method, FLOW_METHODS)
+        _check_choice("model.audio_pool", m.audio_pool, AUDIO_POOLS)
+        _check_choice("model.flow_pool", m.flow_pool, FLOW_POOLS)
+        _check_choice("data.audio_centre", d.audio_centre, AUDIO_CENTRES)
+        _check_choice("train.best_ties", self.train.best_ties, BEST_TIES)
         if d.flow_size < 0 or d.flow_pairs < 1:
             raise HearflowError("data.flow_size must be >= 0 and data.flow_pairs >= 1")
         _check_choice("model.map_stride", m.map_stride, (8, 16, 32))
@@ -204,10 +224,12 @@ class Config:
         if not isinstance(preset, str):
             raise HearflowError(f"a config's preset is a name, not a {type(preset).__name__}")
         fields = {key: value for key, value in _flatten(data).items() if key not in LEGACY_KEYS}
+        missing = sorted(set(field_names()) - set(fields) - set(ADDED_FIELDS))
+        if not missing:  # a whole config, as hearflow writes them: absent added fields mean what they meant
+            fields = {**{key: value for key, value in ADDED_FIELDS.items() if key not in fields}, **fields}
         if preset in PRESETS:
             config = preset_config(preset)
         else:
-            missing = sorted(set(field_names()) - set(fields) - set(ADDED_FIELDS))
             if missing:
                 raise HearflowError(
                     f"unknown preset {preset!r} and the config does not give every field "
@@ -312,54 +334,18 @@ def parse_set_options(items: list[str]) -> dict[str, str]:
 # Keys that earlier versions wrote into a config and this one reads elsewhere:
 # ``model.flow_fusion`` became `InferenceOptions.flow_fusion` (checkpoint.load keeps it).
 LEGACY_KEYS = ("model.flow_fusion",)
-# Fields added since the first version, whose defaults are what that version did: a
-# complete config written before they existed is still complete.
-ADDED_FIELDS = ("objective.loss", "objective.audio_negatives", "objective.negatives_weight",
-                "objective.negatives_margin", "train.shuffle_buffer", "train.gpu_inputs", "model.projection",
-                "model.heads", "model.momentum", "model.momentum_eval", "model.dropout_image", "model.dropout_audio",
-                "objective.loss_batch", *(f"objective.fnac_{name}" for name in
-                                          ("audio_weight", "foreground_weight", "image_weight", "threshold", "warmup")))
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named configuration: the fields that differ from the defaults (the ``htf`` preset)."""
-
-    description: str  # one line: what it is and which paper row it reproduces
-    fields: dict[str, Any] = field(default_factory=dict)
-    why: dict[str, str] = field(default_factory=dict)  # field -> one line: why it differs from htf
-
-
-_RELEASED = {
-    "model.prior": "spatial",
-    "model.flow_conv1_init": "random",
-    "model.vision_bn_drift": True,
-    "data.sample_rate": 22050,
-    "data.flow_encoding": "official",
-    "data.flip_negates_flow": False,
-}
-
-
-def _table4(flow: bool, pretrained: bool, frozen: bool) -> dict[str, Any]:
-    return {"model.prior": "channel" if flow else "none", "model.vision_pretrained": pretrained,
-            "model.vision_frozen": frozen}
-
-
-PRESETS: dict[str, Preset] = {
-    "htf": Preset("HTF as the paper's text: channel prior (Eq. 7-8), ResNet-18 flow encoder, ImageNet vision "
-                  "frozen, 16 kHz, signed flow (Table 4 f, Table 5 b; Tables 1-3, 6)"),
-    "htf-maxpool": Preset("HTF with the max-pool flow encoder (Table 5 a)", {"model.flow_encoder": "maxpool"}),
-    "htf-released": Preset("HTF as the authors' released code: spatial prior, random flow conv1, 22,050 Hz, "
-                           "8-bit clipped flow, drifting BatchNorm (their checkpoints)", dict(_RELEASED)),
-    "htf-released-maxpool": Preset("the released code with the max-pool flow encoder (Table 5 a as released)",
-                                   {**_RELEASED, "model.flow_encoder": "maxpool"}),
-    "lvs": Preset("the LVS baseline on HTF's pipeline: no flow prior, ImageNet vision trained (Table 4 b; "
-                  "the LVS rows of Tables 1-3)", _table4(False, True, False)),
-    "table4-a": Preset("no flow prior, vision random and trained (Table 4 a)", _table4(False, False, False)),
-    "table4-c": Preset("no flow prior, ImageNet vision frozen (Table 4 c)", _table4(False, True, True)),
-    "table4-d": Preset("flow prior, vision random and trained (Table 4 d)", _table4(True, False, False)),
-    "table4-e": Preset("flow prior, ImageNet vision trained (Table 4 e)", _table4(True, True, False)),
-    **{name: Preset(*entry) for name, entry in METHOD_PRESETS.items()},
+# Fields added since the first version -> the value that reproduces what versions before
+# them did: a complete config written before a field existed (every checkpoint's) still
+# is complete, and keeps its old meaning whatever its preset's value is now.
+ADDED_FIELDS: dict[str, Any] = {
+    "objective.loss": "lvs", "objective.audio_negatives": "", "objective.negatives_weight": 1.0,
+    "objective.negatives_margin": 0.40, "train.shuffle_buffer": 1000, "train.gpu_inputs": False,
+    "model.audio_pool": "max", "model.flow_pool": "channel-max", "data.audio_centre": "key-frame",
+    "train.shuffle": True, "train.best_ties": "auc",
+    "model.projection": 0, "model.heads": 1, "model.momentum": 0.0, "model.momentum_eval": False,
+    "model.dropout_image": 0.0, "model.dropout_audio": 0.0, "objective.loss_batch": "global",
+    "objective.fnac_audio_weight": 100.0, "objective.fnac_foreground_weight": 100.0,
+    "objective.fnac_image_weight": 100.0, "objective.fnac_threshold": 0.6, "objective.fnac_warmup": 3,
 }
 
 
@@ -454,3 +440,11 @@ def differences(recorded: Config, requested: Config, ignore: tuple[str, ...] = (
     """``"FIELD is A there, B here"`` for every field (but ``ignore``) in which two configs differ."""
     old, new = _flatten(recorded.to_dict()), _flatten(requested.to_dict())
     return [f"{key} is {old[key]!r} there, {new[key]!r} here" for key in old if key not in ignore and old[key] != new[key]]
+
+
+def preset_differences(name: str) -> list[tuple[str, Any, Any, str]]:
+    """``(FIELD, value, htf's value, why)`` for every field in which preset ``name`` differs from
+    ``htf`` (the paper's text), in declaration order; why is the preset's reason ("" when none)."""
+    ours, paper = _flatten(preset_config(name).to_dict()), _flatten(preset_config("htf").to_dict())
+    reasons = PRESETS[name].why
+    return [(key, ours[key], paper[key], reasons.get(key, "")) for key in field_names() if ours[key] != paper[key]]

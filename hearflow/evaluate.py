@@ -30,12 +30,13 @@ from hearflow.hub import load_model
 from hearflow.config import negative_kinds
 from hearflow.data.annotations import Annotations
 from hearflow.data.dataset import PreparedDataset
+from hearflow.data.prepared import recipe_differences
 from hearflow.errors import HearflowError, option
 from hearflow.io import csv_text, write_json, write_png, write_text
-from hearflow.metrics import MAP_SIZE, heatmap
+from hearflow.metrics import CONFIDENCES, MAP_SIZE, heatmap
 from hearflow.negatives import format_negatives, negative_results
 from hearflow.overlay import draw_box, overlay_heatmap
-from hearflow.scoring import AnnotatedSet, Matching, Predictions
+from hearflow.scoring import DEFAULT_CONFIDENCE, AnnotatedSet, Matching, Predictions
 
 
 def evaluate(
@@ -61,6 +62,7 @@ def evaluate(
     precision: str = "float32",
     object_fusion: float | None = None,
     object_weights: str | None = None,
+    confidence: str = DEFAULT_CONFIDENCE,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` (hearflow's or a released one) on a prepared, annotated test set.
 
@@ -74,34 +76,45 @@ def evaluate(
     strict: refuse annotations with boxes that cannot be scored as given (inverted, zero-area,
     outside the image), otherwise counted, warned about and scored as they are.
     object_fusion, object_weights: object-guided localization (module docstring).
+    confidence: AP / max-F1's and the CSV's, in `hearflow.metrics.CONFIDENCES`, recorded. A folder
+    of another recipe than the checkpoint's is scored with a warning (`warn_recipe`).
     """
     kinds = negative_kinds(negatives)
-    _check_arguments(batch_size, num_maps, workers)
+    _check_arguments(batch_size, num_maps, workers, confidence)
     torch_device = distributed.resolve_device(device)
     model, recorded = load_model(checkpoint, map_location=torch_device)
     options = recorded.with_arguments(flow_fusion=flow_fusion, sounding_threshold=sounding_threshold,
                                       object_fusion=object_fusion, object_weights=object_weights)
     runner = make_backend(backend, model, torch_device, options.flow_fusion, precision, options.object_fusion,
                           options.object_weights)
-    annotated = AnnotatedSet(data, annotations, model.config, benchmark=benchmark, skip_missing=skip_missing,
-                             strict=strict)
-    if annotated.box_problems.line():
-        print(f"hearflow: warning: {annotated.box_problems.line()} (--strict refuses them)", file=sys.stderr)
+    annotated = _annotated_set(data, annotations, model.config, benchmark, skip_missing, strict)
     context = distributed.Distributed(device=torch_device)
     predictions = annotated.predict(runner, context, batch_size, workers, options.flow_fusion, progress)
-    cious, results = annotated.score(predictions)
-    results.update(benchmark=annotated.annotations.benchmark, checkpoint=str(checkpoint), data=str(data),
-                   **_options_used(options, runner), **annotated.left_out())
+    cious, results = annotated.score(predictions, confidence)
+    results.update(confidence=confidence, benchmark=annotated.annotations.benchmark, checkpoint=str(checkpoint),
+                   data=str(data), **_options_used(options, runner), **annotated.left_out())
     table = format_table(results, annotated.matching, annotated.dataset.skipped)
     if kinds:
         maps = annotated.negative_maps(model, kinds, predictions, cious, context, batch_size, workers,
                                        options.flow_fusion, progress)
         results["negatives"] = negative_results(maps.positive, maps.cious, maps.negatives, options.sounding_threshold)
-        table += "\n" + format_negatives(results["negatives"], threshold_note(options.sounding_threshold, sounding_threshold))
+        table += "\n" + format_negatives(results["negatives"],
+                                         threshold_note(options.sounding_threshold, sounding_threshold))
     print(table)
     _write_outputs(results, predictions, cious, annotated, out=out, per_sample=per_sample, save_maps=save_maps,
                    num_maps=num_maps)
     return results
+
+
+def _annotated_set(data, annotations, model_config, benchmark: str, skip_missing: bool, strict: bool) -> AnnotatedSet:
+    """The test set, with a warning when its recipe differs from the checkpoint's and one for
+    boxes that cannot be scored as given."""
+    annotated = AnnotatedSet(data, annotations, model_config, benchmark=benchmark, skip_missing=skip_missing,
+                             strict=strict)
+    warn_recipe(annotated.dataset.folder, model_config, data)
+    if annotated.box_problems.line():
+        print(f"hearflow: warning: {annotated.box_problems.line()} (--strict refuses them)", file=sys.stderr)
+    return annotated
 
 
 def _options_used(options, runner) -> dict[str, Any]:
@@ -117,12 +130,15 @@ def _write_outputs(results, predictions, cious, annotated, *, out, per_sample, s
     if out is not None:
         write_json(out, results)
     if per_sample is not None:
-        write_text(per_sample, per_sample_csv(predictions, cious))
+        write_text(per_sample, per_sample_csv(predictions, cious, results["confidence"]))
     if save_maps is not None and num_maps:
         save_overlays(Path(save_maps), predictions, cious, annotated.annotations, annotated.dataset, num_maps)
 
 
-def _check_arguments(batch_size: int, num_maps: int, workers: int) -> None:
+def _check_arguments(batch_size: int, num_maps: int, workers: int, confidence: str = DEFAULT_CONFIDENCE) -> None:
+    if confidence not in CONFIDENCES:
+        raise HearflowError(f"{option('--confidence', 'confidence')}: unknown confidence {confidence!r}; "
+                            f"choose one of {', '.join(CONFIDENCES)}")
     if batch_size < 1 or num_maps < 0 or workers < 0:
         raise HearflowError(f"{option('--batch-size', 'batch_size')} must be positive, "
                             f"{option('--num-maps', 'num_maps')} and {option('--workers', 'workers')} not negative; "
@@ -159,12 +175,24 @@ def format_table(results: dict[str, Any], matching: Matching, skipped: list[tupl
     return "\n".join(lines)
 
 
-def per_sample_csv(predictions: Predictions, cious: np.ndarray) -> str:
-    """``id,ciou,confidence`` rows; ``ciou`` is empty for no-source samples."""
+def per_sample_csv(predictions: Predictions, cious: np.ndarray, confidence: str = DEFAULT_CONFIDENCE) -> str:
+    """``id,ciou,confidence`` rows (the confidence named ``confidence``); ``ciou`` is empty for
+    no-source samples."""
     return csv_text(("id", "ciou", "confidence"), (
-        (sample_id, "" if np.isnan(value) else f"{value:.6f}", f"{float(confidence):.6f}")
-        for sample_id, value, confidence in zip(predictions.ids, cious, predictions.confidence)
+        (sample_id, "" if np.isnan(value) else f"{value:.6f}", f"{float(value_of):.6f}")
+        for sample_id, value, value_of in zip(predictions.ids, cious, predictions.confidence_of(confidence))
     ))
+
+
+def warn_recipe(folder, config, data) -> list[str]:
+    """Warn (stderr, one line) when the folder was prepared otherwise than the checkpoint's
+    config says (`recipe_differences`); returns the differences."""
+    found = recipe_differences(folder.recipe, folder.layout, config.data)
+    if found:
+        print(f"hearflow: warning: {data} was prepared with another recipe than the checkpoint's "
+              f"({'; '.join(found)}): the model sees other inputs than its own; prepare it again with "
+              f"--preset {config.preset} (or the checkpoint's data settings) to score it as trained", file=sys.stderr)
+    return found
 
 
 def save_overlays(

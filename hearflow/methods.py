@@ -3,7 +3,7 @@
 Each entry is ``(description, fields, why)``: the config fields that differ from the
 ``htf`` preset (`hearflow.config.PRESETS` builds a `Preset` of each) and, for every
 one of them, a line saying why (the method's paper or released code). Plain data,
-no imports: the config layer reads it.
+no imports: `hearflow.presets` reads it.
 
 What the presets keep from HTF: the data pipeline (16 kHz, HTF's spectrogram, 224 px
 frames, signed flow), the ResNet-18 encoders and the evaluation protocol. The methods'
@@ -19,6 +19,7 @@ _EZVSL_FIELDS: dict[str, Any] = {
     "model.prior": "none",
     "model.vision_frozen": False,
     "model.projection": 512,
+    "model.audio_pool": "max",
     "objective.loss": "ezvsl",
     "objective.temperature": 0.03,
     "train.epochs": 20,
@@ -28,6 +29,7 @@ _EZVSL_WHY = {
     "model.prior": "EZ-VSL has no flow prior (add one with --set model.prior=channel)",
     "model.vision_frozen": "EZ-VSL fine-tunes its ImageNet image encoder",
     "model.projection": "EZ-VSL's 1x1-conv image and linear audio projections to out_dim 512",
+    "model.audio_pool": "EZ-VSL's audio ResNet-18 pools its map by max (AdaptiveMaxPool2d), not Eq. 2's average",
     "objective.loss": "EZ-VSL's max-over-positions multiple-instance InfoNCE, both directions",
     "objective.temperature": "EZ-VSL's tau 0.03 divides the cosines into logits",
     "train.epochs": "EZ-VSL's train.py: --epochs 20",

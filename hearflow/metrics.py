@@ -13,7 +13,10 @@ The protocol (``../shared/notes/method-and-protocol.md``, the released HTF/LVS c
 Over a set: cIoU@0.5 (fraction of samples with cIoU >= 0.5), AUC (trapezoidal area
 under the fraction of samples with cIoU >= x for x = 0, 0.05, ..., 1) and mean cIoU
 (`summarize`); AP and max-F1 over a per-sample confidence on sets with no-source
-samples (`ap_max_f1`).
+samples (`ap_max_f1`), the confidence one of the registry `CONFIDENCES`
+(`register_confidence`): ``slavc`` (SLAVC's, for its tables), ``peak`` (the largest
+cell of the h x w map) and ``map_max`` (the largest value of the raw map upsampled as
+the metric sees it: the negative-audio metrics', calibration's and localize's).
 
 `heatmap` is the same upsampling and normalisation at any size, for display (overlays,
 figures, `hearflow localize`): what a user sees is what the metric scores.
@@ -28,6 +31,8 @@ change of ~4e-6 there), never the published three digits.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -251,3 +256,101 @@ def _precision_recall(confidence, has_source, correct, thresholds) -> tuple[np.n
     precision = np.divide(true_positive, detections, out=np.ones(len(thresholds)), where=detections > 0)
     recall = np.divide(true_positive, relevant, out=np.ones(len(thresholds)), where=relevant > 0)
     return precision, recall
+
+
+# ----------------------------------------------------------------------------------------
+# Confidences: a number per sample, how sure the model is that something in view sounds
+
+CONFIDENCES: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+UPSAMPLE_CHUNK = 64  # maps upsampled at a time (224 x 224 float32 each)
+
+
+def register_confidence(name: str) -> Callable:
+    """Decorator: register ``function(maps N x h x w) -> float64 N`` as the confidence ``name``."""
+
+    def register(function: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        if name in CONFIDENCES:
+            raise ValueError(f"confidence {name!r} is already registered")
+        CONFIDENCES[name] = function
+        return function
+
+    return register
+
+
+def confidence(name: str, similarity_maps) -> np.ndarray:
+    """The confidence ``name`` (a key of `CONFIDENCES`) of each raw ``N x h x w`` map: float64 N."""
+    if name not in CONFIDENCES:
+        raise HearflowError(f"unknown confidence {name!r}; choose one of {', '.join(CONFIDENCES)}")
+    return CONFIDENCES[name](np.asarray(similarity_maps, np.float32))
+
+
+def upsampled_chunks(maps: np.ndarray, chunk: int = UPSAMPLE_CHUNK) -> Iterator[tuple[slice, np.ndarray]]:
+    """(rows, their maps upsampled to 224 x 224 by `upsample_maps`, flattened: float32 n x 50176),
+    chunk by chunk; HearflowError when a map holds NaN or inf."""
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"similarity maps must be N x h x w, got shape {maps.shape}")
+    if not np.isfinite(maps).all():
+        raise HearflowError("similarity maps hold NaN or inf")
+    for start in range(0, len(maps), chunk):
+        rows = slice(start, min(start + chunk, len(maps)))
+        yield rows, upsample_maps(maps[rows]).reshape(rows.stop - start, -1)
+
+
+@register_confidence("map_max")
+def map_max(similarity_maps) -> np.ndarray:
+    """The largest value of each raw ``N x h x w`` map upsampled to 224 x 224 (OpenCV's bicubic,
+    `upsample_maps`), not normalised: a cosine on one scale for every sample (float64 N)."""
+    maps = np.asarray(similarity_maps, np.float32)
+    result = np.empty(len(maps), np.float64)
+    for rows, values in upsampled_chunks(maps):
+        result[rows] = values.max(axis=1)
+    return result
+
+
+@register_confidence("peak")
+def peak(similarity_maps) -> np.ndarray:
+    """The largest cell of each raw ``N x h x w`` map (float64 N)."""
+    maps = np.asarray(similarity_maps, np.float64)
+    return maps.reshape(len(maps), -1).max(axis=1)
+
+
+@register_confidence("slavc")
+def slavc_confidence(similarity_maps) -> np.ndarray:
+    """SLAVC's confidence (Mo and Morgado, NeurIPS 2022), as its evaluation computes it (float64 N).
+
+    Each map is upsampled to 224 x 224 by bicubic interpolation with aligned corners
+    (PyTorch's ``interpolate(mode="bicubic", align_corners=True)``, `bicubic_aligned`),
+    scaled with fixed bounds to [0, 1] (SLAVC's map is a cosine / tau scaled from
+    [-1/tau, 1/tau]; a cosine map is scaled from [-1, 1], the same numbers), and the
+    confidence is the mean of its largest quarter (224 * 224 // 4 values).
+    """
+    maps = np.asarray(similarity_maps, np.float64)
+    upsampled = bicubic_aligned(maps, MAP_SIZE)
+    scaled = (upsampled.reshape(len(maps), -1) + 1.0) / 2.0
+    count = scaled.shape[1] // 4
+    return np.partition(scaled, scaled.shape[1] - count, axis=1)[:, -count:].mean(axis=1)
+
+
+def bicubic_aligned(maps: np.ndarray, size: int) -> np.ndarray:
+    """``N x h x w`` -> ``N x size x size`` float64, bicubic with aligned corners (the cubic
+    convolution kernel with a = -0.75, source x = i * (w - 1) / (size - 1), taps outside the
+    map clamped to its border): PyTorch's ``interpolate(mode="bicubic", align_corners=True)``."""
+    maps = np.asarray(maps, np.float64)
+    rows, cols = _bicubic_weights(maps.shape[1], size), _bicubic_weights(maps.shape[2], size)
+    return np.einsum("ih,nhw,jw->nij", rows, maps, cols)
+
+
+def _bicubic_weights(length: int, size: int, a: float = -0.75) -> np.ndarray:
+    """``size x length`` matrix of `bicubic_aligned`'s weights along one axis."""
+    weights = np.zeros((size, length))
+    scale = (length - 1) / (size - 1) if size > 1 else 0.0
+    for i in range(size):
+        x = i * scale
+        base = int(np.floor(x))
+        t = x - base
+        for offset, distance in zip((-1, 0, 1, 2), (1 + t, t, 1 - t, 2 - t)):
+            d = abs(distance)
+            kernel = ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+            weights[i, min(max(base + offset, 0), length - 1)] += kernel
+    return weights

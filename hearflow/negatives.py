@@ -3,7 +3,8 @@
 Pure array functions (maps in, numbers out), shared by ``hearflow evaluate
 --negatives``, ``hearflow calibrate``, the demo and ``hearflow localize``.
 
-**Confidence** (`map_max`, named `CONFIDENCE`): the highest value of a sample's raw
+**Confidence** (`map_max`, named `CONFIDENCE`, defined in `hearflow.metrics` beside the other
+confidences): the highest value of a sample's raw
 similarity map as the metric sees it, i.e. upsampled to 224 x 224 with OpenCV's
 bicubic (`hearflow.metrics.upsample_maps`) but not min-max normalised. It is a cosine
 (times ``1 + alpha * motion`` with late fusion; the bicubic may overshoot the cells'
@@ -45,40 +46,16 @@ audio" (ICASSP 2025); per kind of negative (`hearflow.data.negatives`) and over 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 
 from hearflow.config import NEGATIVE_KINDS
 from hearflow.errors import HearflowError
-from hearflow.metrics import AUC_THRESHOLDS, ap_max_f1, predicted_masks, upsample_maps
+from hearflow.metrics import AUC_THRESHOLDS, ap_max_f1, map_max, predicted_masks, upsampled_chunks
 
 CONFIDENCE = "map_max"  # the name of the confidence this module defines
 NO_SOURCE = "no_source"  # the set's own samples without a visible source, with their own audio
 QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
-CHUNK = 64  # maps upsampled at a time (224 x 224 float32 each)
-
-
-def _upsampled(maps: np.ndarray, chunk: int = CHUNK) -> Iterator[tuple[slice, np.ndarray]]:
-    """(rows, their maps upsampled to 224 x 224 and flattened: float32 n x 50176), chunk by chunk."""
-    maps = np.asarray(maps, np.float32)
-    if maps.ndim != 3:
-        raise ValueError(f"similarity maps must be N x h x w, got shape {maps.shape}")
-    if not np.isfinite(maps).all():
-        raise HearflowError("similarity maps hold NaN or inf")
-    for start in range(0, len(maps), chunk):
-        rows = slice(start, min(start + chunk, len(maps)))
-        yield rows, upsample_maps(maps[rows]).reshape(rows.stop - start, -1)
-
-
-def map_max(similarity_maps) -> np.ndarray:
-    """The confidence of each map (module docstring): float64 N, the maximum of the
-    raw ``N x h x w`` map upsampled to 224 x 224."""
-    maps = np.asarray(similarity_maps, np.float32)
-    result = np.empty(len(maps), np.float64)
-    for rows, values in _upsampled(maps):
-        result[rows] = values.max(axis=1)
-    return result
 
 
 def pia(similarity_maps, threshold: float) -> np.ndarray:
@@ -86,7 +63,7 @@ def pia(similarity_maps, threshold: float) -> np.ndarray:
     values strictly above ``threshold`` (float64 N)."""
     maps = np.asarray(similarity_maps, np.float32)
     result = np.empty(len(maps), np.float64)
-    for rows, values in _upsampled(maps):
+    for rows, values in upsampled_chunks(maps):
         result[rows] = np.count_nonzero(values > np.float64(threshold), axis=1) / values.shape[1]
     return result
 
@@ -116,7 +93,7 @@ def pair_ious(positive, negative, threshold: float | None = None) -> tuple[np.nd
         raise ValueError(f"paired maps must have one shape, got {positive.shape} and {negative.shape}")
     median = np.empty(len(positive))
     fixed = None if threshold is None else np.empty(len(positive))
-    for (rows, pos), (_, neg) in zip(_upsampled(positive), _upsampled(negative)):
+    for (rows, pos), (_, neg) in zip(upsampled_chunks(positive), upsampled_chunks(negative)):
         median[rows] = mask_iou(predicted_masks(pos), predicted_masks(neg))
         if fixed is not None:
             level = np.float64(threshold)

@@ -3,8 +3,8 @@
 The protocol is the papers' (`hearflow.metrics`): each sample's own-pair similarity
 map is upsampled to 224 x 224, binarised at its median and compared with the
 ground-truth map (cIoU); over the set, cIoU@0.5, AUC and mean cIoU, plus AP and
-max-F1 (over each sample's confidence, `hearflow.negatives.map_max`: the peak of the
-raw map upsampled as the metric sees it) when the set holds samples with no visible
+max-F1 (over each sample's confidence, one of `hearflow.metrics.CONFIDENCES`: by default
+``slavc``, SLAVC's, the one its tables used) when the set holds samples with no visible
 sound source. Those no-source samples enter AP / max-F1 only;
 cIoU@0.5, AUC and mean cIoU are over the samples with a source (``n``).
 
@@ -31,8 +31,10 @@ from hearflow.data.dataset import PreparedDataset
 from hearflow.data.shards import open_prepared
 from hearflow.errors import HearflowError
 from hearflow.data.negatives import NegativeAudioDataset, offscreen_partners, read_labels
-from hearflow.metrics import ap_max_f1, ciou, summarize
-from hearflow.negatives import NO_SOURCE, map_max
+from hearflow.metrics import ap_max_f1, ciou, confidence as named_confidence, map_max, summarize
+from hearflow.negatives import NO_SOURCE
+
+DEFAULT_CONFIDENCE = "slavc"  # AP / max-F1's confidence: SLAVC's, as the published AP tables
 
 
 @dataclass
@@ -40,7 +42,8 @@ class Predictions:
     """The model's own-pair maps for a list of samples.
 
     ids: N sample ids; similarity: float32 N x h x w; confidence: float32 N, each
-    map's `hearflow.negatives.map_max`.
+    map's `hearflow.metrics.map_max` (NaN for a map holding NaN); `confidence_of` gives
+    any registered confidence.
     """
 
     ids: list[str]
@@ -52,6 +55,16 @@ class Predictions:
         rows = {sample_id: row for row, sample_id in enumerate(self.ids)}
         picked = np.array([rows[sample_id] for sample_id in ids], dtype=np.int64)
         return Predictions(list(ids), self.similarity[picked], self.confidence[picked])
+
+    def confidence_of(self, name: str) -> np.ndarray:
+        """The confidence ``name`` (`hearflow.metrics.CONFIDENCES`) of each map: float64 N, NaN
+        for maps holding NaN or inf."""
+        if name == "map_max":
+            return self.confidence.astype(np.float64)
+        values = np.full(len(self.ids), np.nan)
+        finite = np.isfinite(self.similarity.reshape(len(self.ids), -1)).all(axis=1)
+        values[finite] = named_confidence(name, self.similarity[finite])
+        return values
 
     @staticmethod
     def concatenate(parts: list["Predictions"]) -> "Predictions":
@@ -141,12 +154,14 @@ def predict(
     return Predictions(ids, similarity, confidence)
 
 
-def score(predictions: Predictions, annotations: Annotations, chunk: int = 256) -> tuple[np.ndarray, dict[str, Any]]:
+def score(predictions: Predictions, annotations: Annotations, chunk: int = 256,
+          confidence: str = DEFAULT_CONFIDENCE) -> tuple[np.ndarray, dict[str, Any]]:
     """Per-sample cIoU (NaN for no-source samples) and the set's metrics.
 
     Returns ``(cious N, results)`` with results ``n`` (samples with a source),
     ``ciou_at_0_5``, ``auc``, ``mean_ciou`` and, when the set holds no-source samples,
-    ``n_no_source``, ``ap`` and ``max_f1``. Ground-truth maps are built ``chunk`` at a
+    ``n_no_source``, ``ap`` and ``max_f1`` over the confidence named ``confidence``
+    (`hearflow.metrics.CONFIDENCES`), recorded as ``confidence``. Ground-truth maps are built ``chunk`` at a
     time, so memory stays flat on large sets.
     """
     ids = predictions.ids
@@ -169,7 +184,8 @@ def score(predictions: Predictions, annotations: Annotations, chunk: int = 256) 
     results: dict[str, Any] = {"n": int(len(with_source)), **summarize(cious[with_source])}
     if not has_source.all():
         results["n_no_source"] = int((~has_source).sum())
-        results.update(ap_max_f1(predictions.confidence, has_source, np.nan_to_num(cious, nan=0.0)))
+        results.update(ap_max_f1(predictions.confidence_of(confidence), has_source, np.nan_to_num(cious, nan=0.0)),
+                       confidence=confidence)
     return cious, {key: _plain(value) for key, value in results.items()}
 
 
@@ -268,9 +284,9 @@ class AnnotatedSet:
             negatives[NO_SOURCE] = predictions.select(no_source).similarity
         return NegativeMaps(ids, predictions.select(ids).similarity, cious[np.array(has_source, bool)], negatives)
 
-    def score(self, predictions: Predictions) -> tuple[np.ndarray, dict[str, Any]]:
-        """`score` of ``predictions`` against the set's annotations."""
-        return score(predictions, self.annotations)
+    def score(self, predictions: Predictions, confidence: str = DEFAULT_CONFIDENCE) -> tuple[np.ndarray, dict[str, Any]]:
+        """`score` of ``predictions`` against the set's annotations (AP / max-F1 over ``confidence``)."""
+        return score(predictions, self.annotations, confidence=confidence)
 
 
 def _plain(value: Any) -> Any:

@@ -17,7 +17,7 @@ from hearflow.data.annotations import load_annotations
 from hearflow.data.dataset import PreparedDataset
 from hearflow.errors import HearflowError
 from hearflow.evaluate import evaluate
-from hearflow.metrics import ap_max_f1, ciou, summarize
+from hearflow.metrics import ap_max_f1, ciou, slavc_confidence, summarize
 from hearflow.model import build_model
 from hearflow.negatives import map_max
 from hearflow.scoring import Predictions, score
@@ -102,7 +102,7 @@ def test_numbers_equal_a_per_sample_loop(synth_set, checkpoint):
             item = dataset[index]
             output = model(item["image"][None], item["flow"][None], item["spectrogram"][None])
             maps.append(output.similarity[0].numpy())
-            confidence.append(float(map_max(output.similarity.numpy())[0]))
+            confidence.append(float(slavc_confidence(output.similarity.numpy())[0]))  # AP's, by default
             has_source.append(annotations.has_source(item["id"]))
             gt.append(annotations.gt_map(item["id"]))
     has_source = np.array(has_source)
@@ -112,7 +112,7 @@ def test_numbers_equal_a_per_sample_loop(synth_set, checkpoint):
         **ap_max_f1(np.array(confidence), has_source, np.where(has_source, cious, 0.0)),
     }
     # Scoring the loop's maps gives exactly the metrics module's numbers...
-    predictions = Predictions(list(dataset.ids), np.stack(maps), np.array(confidence, np.float32))
+    predictions = Predictions(list(dataset.ids), np.stack(maps), map_max(np.stack(maps)).astype(np.float32))
     scored_cious, scored = score(predictions, annotations, chunk=4)
     np.testing.assert_array_equal(scored_cious[has_source], cious[has_source])
     assert np.isnan(scored_cious[~has_source]).all()
@@ -202,7 +202,7 @@ def test_benchmark_check_and_flow_fusion(synth_set, checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_released_checkpoint_is_evaluated_with_its_own_preprocessing(synth_set, tmp_path):
+def test_released_checkpoint_is_evaluated_with_its_own_preprocessing(synth_set, tmp_path, capsys):
     torch.manual_seed(0)
     released = build_model("htf-released")
     path = tmp_path / "released.pth"
@@ -218,5 +218,9 @@ def test_released_checkpoint_is_evaluated_with_its_own_preprocessing(synth_set, 
         similarity = model(item["image"][None], item["flow"][None], item["spectrogram"][None]).similarity
     rows = list(csv.DictReader(open(tmp_path / "per_sample.csv")))
     assert rows[0]["id"] == item["id"]
-    assert float(rows[0]["confidence"]) == pytest.approx(float(map_max(similarity.numpy())[0]), abs=1e-5)
+    assert float(rows[0]["confidence"]) == pytest.approx(float(slavc_confidence(similarity.numpy())[0]), abs=1e-5)
+    assert results["confidence"] == "slavc"
+    warning = capsys.readouterr().err  # the folder is htf's recipe, the checkpoint the release's
+    assert "was prepared with another recipe than the checkpoint's (sample_rate: 16000 in the folder, 22050" in warning
+    assert "flow_size: 256 in the folder, 0 in the config" in warning and "--preset htf-released" in warning
     assert results["n"] > 0 and 0.0 <= results["auc"] <= 1.0

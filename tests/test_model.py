@@ -154,7 +154,7 @@ def test_similarity_is_the_cosine_of_prior_enhanced_visual_map_and_audio():
         out = model(image, flow, spectrogram)
         visual = model.imgnet(image)
         visual = visual + model.flowatt(visual, model.flownet(flow))
-        audio = ResNetTrunk.forward(model.audnet, spectrogram).amax(dim=(2, 3))
+        audio = ResNetTrunk.forward(model.audnet, spectrogram).mean(dim=(2, 3))  # Eq. 2: global average pool
     assert out.similarity.shape == (3, 2, 2) and out.cross_similarity.shape == (3, 3, 2, 2)
     for i in range(3):
         for j in range(3):

@@ -7,8 +7,8 @@ Imports are read with `ast` (module-level and inside functions; those under
 ``if TYPE_CHECKING:`` are for type hints only and left out). Each module belongs to
 one kind by its first name under ``hearflow/``:
 
-- layers: errors, io, methods, config, inference, rng, metrics, negatives, objective,
-  distributed, checkpoint, hub/, overlay, scoring, backends, media/, data/, model/;
+- layers: errors, io, methods, presets, config, inference, rng, metrics, negatives,
+  objective, distributed, checkpoint, hub/, overlay, scoring, backends, media/, data/, model/;
 - stages: prepare, pack, train, calibrate, evaluate, localize/;
 - the lab: synthetic/;
 - apps: serve/ (a program above the stages that people use through a browser);
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hearflow"
-LAYERS = {"errors", "io", "methods", "config", "inference", "rng", "metrics", "negatives", "objective",
+LAYERS = {"errors", "io", "methods", "presets", "config", "inference", "rng", "metrics", "negatives", "objective",
           "distributed", "checkpoint", "hub", "overlay", "scoring", "backends", "media", "data", "model"}
 STAGES = {"prepare", "pack", "train", "calibrate", "evaluate", "localize"}
 LAB = {"synthetic"}

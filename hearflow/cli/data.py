@@ -74,8 +74,10 @@ def add_prepare(commands) -> None:
                     "htf-released: 22,050 Hz)")
     parser.add_argument("--ids", metavar="FILE", help="prepare only these ids (one per line, first CSV column; "
                         "VGG-Sound {youtube_id}_{start:06d} or Flickr numbers), matched against file names")
-    parser.add_argument("--keyframes", metavar="FILE", help="Flickr key-frame CSV (flickr_id,frame_indices; "
-                        "1-based, first candidate used); other videos use the middle frame")
+    parser.add_argument("--keyframes", metavar="FILE", action="append", help="Flickr key-frame CSV "
+                        "(flickr_id,frame_indices; 1-based, first candidate used); other videos use the middle "
+                        "frame. Repeatable: a later file's entry overrides an earlier one's for its id (e.g. the "
+                        "release's three overrides, docs/released-recipe.md)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--shard", metavar="I/N", help="do only shard I of N (0 <= I < N, by a stable hash of the "
                         "id), e.g. one shard per machine; shards may share OUT; `auto`: this task's place in a "
@@ -88,8 +90,11 @@ def add_prepare(commands) -> None:
                         "frame and flow; 0 keeps the original resolution (default: the preset's, 256)")
     parser.add_argument("--sample-rate", dest="data.sample_rate", type=int, metavar="HZ",
                         help="audio rate (default: the preset's)")
-    parser.add_argument("--seconds", dest="data.seconds", type=float, help="audio window length centred on the "
-                        "key frame (default: the preset's, 3)")
+    parser.add_argument("--seconds", dest="data.seconds", type=float, help="audio window length, centred as "
+                        "--audio-centre says (default: the preset's, 3)")
+    parser.add_argument("--audio-centre", dest="data.audio_centre", choices=("key-frame", "clip-middle"),
+                        help="centre of the audio window: key-frame, or clip-middle (the middle of the whole "
+                        "track, cut as the release cut its Flickr test audio); default: the preset's")
     parser.add_argument("--timeout", type=float, metavar="S", help="per-video time limit in seconds; a video "
                         "still running is recorded as a timeout failure (default 300)")
     parser.add_argument("--retry-failed", action="store_true",

@@ -114,6 +114,12 @@ def add_evaluate(commands) -> None:
                         "scored as given (inverted, zero-area, outside the image); by default they are counted, "
                         "warned about and scored as they are")
     object_fusion_options(parser)
+    parser.add_argument("--confidence", metavar="NAME", default="slavc",
+                        help="the per-sample confidence of AP, max-F1 and the per-sample CSV, recorded in "
+                        "results.json: slavc (default; SLAVC's: mean of the top quarter of the bicubic, "
+                        "corner-aligned 224 x 224 map scaled from [-1, 1], as its published tables), peak (the "
+                        "largest cell of the h x w map) or map_max (the largest value of the raw map upsampled as "
+                        "the metric sees it: calibrate's and localize's)")
     backend_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
@@ -127,7 +133,7 @@ def _run_evaluate(args) -> int:
              batch_size=args.batch_size, workers=args.workers, device=args.device,
              skip_missing=args.skip_missing, flow_fusion=args.flow_fusion, progress=not args.quiet,
              backend=args.backend, precision=args.precision, negatives=args.negatives,
-             sounding_threshold=args.sounding_threshold, strict=args.strict,
+             sounding_threshold=args.sounding_threshold, strict=args.strict, confidence=args.confidence,
              object_fusion=args.object_fusion, object_weights=args.object_weights)
     return 0
 
@@ -219,15 +225,20 @@ def add_presets(commands) -> None:
         description="List the named presets with what each reproduces, or print one as YAML to start a "
         "config file from.",
     )
-    parser.add_argument("name", nargs="?", help="print this preset's full configuration as YAML")
+    parser.add_argument("name", nargs="?", help="print this preset's fields that differ from htf, each with why, "
+                        "then its full configuration as YAML")
     parser.set_defaults(run=_run_presets)
 
 
 def _run_presets(args) -> int:
-    from hearflow.config import PRESETS, preset_config
+    from hearflow.config import PRESETS, preset_config, preset_differences
 
     if args.name:
-        print(preset_config(args.name).to_yaml(), end="")
+        config = preset_config(args.name)  # an unknown name is one line naming the presets
+        print(f"# {args.name}: {PRESETS[args.name].description}")
+        for key, value, paper, why in preset_differences(args.name):
+            print(f"#   {key}: {value!r} (htf: {paper!r}) -- {why}")
+        print(config.to_yaml(), end="")
     else:
         width = max(map(len, PRESETS))
         for name, preset in PRESETS.items():

@@ -136,6 +136,16 @@ def read_keyframes(path: str | Path) -> dict[str, int]:
     return keyframes
 
 
+def read_keyframe_files(paths: str | Path | list[str | Path] | tuple) -> dict[str, int]:
+    """`read_keyframes` of each file in turn, a later file's entry overriding an earlier one's
+    for the same id (e.g. the benchmark's list, then a small CSV of the release's overrides)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    keyframes: dict[str, int] = {}
+    for path in paths:
+        keyframes.update(read_keyframes(path))
+    return keyframes
+
+
 def key_frame_from_one_based(index: int, n_frames: int) -> int:
     """The authors' rule for a 1-based Flickr index: subtract 1, or 2 when it is the last frame.
 

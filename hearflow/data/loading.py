@@ -1,9 +1,12 @@
 """The training set as `hearflow train` reads it: a prepared folder (map-style) or shards (streamed).
 
 - a prepared folder: `PreparedDataset` with a ``DistributedSampler`` (each process
-  takes every N-th sample of a seeded permutation of the epoch);
+  takes every N-th sample of a seeded permutation of the epoch, or with ``train.shuffle``
+  False, as the release, of its sorted file names, `released_order`: the same batches every
+  epoch);
 - shards (`hearflow pack`): `ShardStream`, shards split over processes and loader
-  workers with a seeded shuffle buffer (`hearflow.data.streaming`).
+  workers with a seeded shuffle buffer (`hearflow.data.streaming`; without
+  ``train.shuffle``, `released_order` and no buffer).
 
 With ``objective.audio_negatives`` (a prepared folder and CPU inputs only) each item also
 holds a negative spectrogram (`hearflow.data.negatives.TrainingNegatives`).
@@ -30,6 +33,13 @@ from hearflow.data.streaming import ShardStream
 from hearflow.errors import HearflowError
 
 
+def released_order(ids: Iterable[str]) -> list[str]:
+    """The order of the release's unshuffled training: its sorted file names (``ID.jpg``), which
+    differ from sorted ids where an id continues with a character below ``.`` (``-``, e.g.
+    ``ab-c`` before ``ab``)."""
+    return sorted(ids, key=lambda sample_id: sample_id + ".jpg")
+
+
 class TrainingData:
     """The training samples of one process of a run (rank of world_size).
 
@@ -42,7 +52,10 @@ class TrainingData:
         self.config = config
         self.rank, self.world_size = rank, world_size
         self.gpu_inputs = config.train.gpu_inputs
-        self.dataset = PreparedDataset(open_prepared(path), config, train=True, ids=ids, skip_missing=skip_missing,
+        folder = open_prepared(path)
+        if not config.train.shuffle:
+            ids = released_order(folder.ids if ids is None else ids)
+        self.dataset = PreparedDataset(folder, config, train=True, ids=ids, skip_missing=skip_missing,
                                        encoded=self.gpu_inputs)
         self.folder = self.dataset.folder
         self.left_out_line = self.dataset.left_out_line  # what was left out, for the run's warning
@@ -54,7 +67,7 @@ class TrainingData:
                     "shards or train.gpu_inputs (train on the prepared folder the shards were packed from)")
             self.dataset = TrainingNegatives(self.dataset, config.objective.audio_negatives, labels)
         self.sampler = None if self.streaming else DistributedSampler(
-            self.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.train.seed)
+            self.dataset, num_replicas=world_size, rank=rank, shuffle=config.train.shuffle, seed=config.train.seed)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -4,7 +4,7 @@ hearflow's layout::
 
     OUT/manifest.csv     one row per finished sample (MANIFEST_COLUMNS)
     OUT/failures.csv     one row per input that could not be prepared (FAILURE_COLUMNS)
-    OUT/prepare.json     the recipe (sample rate, window, flow method, size, pairs)
+    OUT/prepare.json     the recipe (RECIPE_KEYS: sample rate, window and its centre, flow method, size, pairs)
     OUT/frames/{id}.jpg  the key frame at the working size, JPEG quality 95
     OUT/flow/{id}.png    the flow (dx, dy) at the frame's H x W, signed pixels, quantised to
                          1/32 pixel as a 16-bit PNG (`hearflow.data.codecs`: error <= 1/64 pixel)
@@ -42,6 +42,31 @@ from hearflow.errors import HearflowError
 from hearflow.io import csv_row, csv_text, read_csv, write_atomic
 
 JPEG_QUALITY = 95
+# The data-config fields that make a prepared folder (recorded in its prepare.json): a
+# model fed a folder made otherwise sees other inputs than its recipe says.
+RECIPE_KEYS = ("sample_rate", "seconds", "audio_centre", "flow_method", "flow_size", "flow_pairs")
+# Recipe keys added after folders were first written -> what those folders did.
+RECIPE_ADDED = {"audio_centre": "key-frame"}
+# What the released layout's files are (its preprocessing scripts): whole-track audio
+# (the window is cut when read, by data.audio_centre) and Farneback flow between the key
+# frame and the next one, at the video's resolution, the audio at 22,050 Hz.
+RELEASED_RECIPE = {"sample_rate": 22050, "flow_method": "farneback", "flow_size": 0, "flow_pairs": 1}
+
+
+def recipe_of(data_config) -> dict:
+    """The recipe (`RECIPE_KEYS`) a `hearflow.config.DataConfig` prepares with."""
+    return {key: getattr(data_config, key) for key in RECIPE_KEYS}
+
+
+def recipe_differences(recorded: dict, layout: str, data_config) -> list[str]:
+    """``"KEY: A in the folder, B in the config"`` for each recipe key in which the folder's
+    recorded recipe (its prepare.json, `RECIPE_ADDED` filling keys older folders lack; the
+    released layout: `RELEASED_RECIPE`) differs from ``data_config``'s; keys the folder does
+    not record are not compared."""
+    known = RELEASED_RECIPE if layout == "released" else {**RECIPE_ADDED, **recorded} if recorded else {}
+    wanted = recipe_of(data_config)
+    return [f"{key}: {known[key]!r} in the folder, {wanted[key]!r} in the config"
+            for key in RECIPE_KEYS if key in known and known[key] != wanted[key]]
 MANIFEST_COLUMNS = (
     "id",
     "video",

@@ -88,7 +88,8 @@ class ShardStream(IterableDataset):
                  local_batch: int, encoded: bool = False) -> None:
         self.shards, self.ids = shards, list(ids)
         self.data_config, self.seed = config.data, config.train.seed
-        self.buffer_size = config.train.shuffle_buffer
+        self.shuffle = config.train.shuffle
+        self.buffer_size = config.train.shuffle_buffer if self.shuffle else 1
         self.rank, self.world_size, self.local_batch = rank, world_size, local_batch
         self.encoded = encoded
         self.epoch = 0
@@ -103,7 +104,7 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        order = epoch_order(self.shards, self.ids, self.seed, self.epoch)
+        order = epoch_order(self.shards, self.ids, self.seed, self.epoch) if self.shuffle else range(len(self.ids))
         start, stop = worker_span(len(order), self.world_size, self.rank, self.local_batch, workers, worker)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, workers])
         spans = ((index, self.shards.read_span(self.shards.locations[self.ids[index]])) for index in order[start:stop])

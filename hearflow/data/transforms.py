@@ -44,7 +44,7 @@ from PIL import Image
 
 from hearflow.config import DataConfig
 from hearflow.errors import HearflowError
-from hearflow.media.audio import resample
+from hearflow.media.audio import middle_window, resample
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -57,7 +57,12 @@ def audio_window_length(data_config: DataConfig) -> int:
 
 def fit_audio(audio: np.ndarray, sample_rate: int, data_config) -> np.ndarray:
     """The model's audio window from a stored one: resampled to ``data.sample_rate``,
-    then centre-cropped or tiled to ``audio_window_length`` samples (float32)."""
+    then cut or tiled to ``audio_window_length`` samples (float32).
+
+    A stored window longer than the model's (the released layout's whole test tracks) is
+    cut at its exact centre, or with ``data.audio_centre: clip-middle`` as the release cut
+    it (`hearflow.media.audio.middle_window`, up to 0.5 s earlier); a shorter one is tiled.
+    """
     if sample_rate != data_config.sample_rate:
         audio = resample(audio, sample_rate, data_config.sample_rate)
     length = audio_window_length(data_config)
@@ -65,6 +70,10 @@ def fit_audio(audio: np.ndarray, sample_rate: int, data_config) -> np.ndarray:
         return np.zeros(length, dtype=np.float32)
     if len(audio) < length:
         audio = np.tile(audio, -(-length // len(audio)))[:length]
+    if len(audio) > length and data_config.audio_centre == "clip-middle":
+        cut = middle_window(audio, data_config.sample_rate, data_config.seconds)
+        if len(cut) == length:
+            return cut
     start = (len(audio) - length) // 2
     return np.asarray(audio[start : start + length], dtype=np.float32)
 

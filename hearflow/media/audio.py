@@ -8,11 +8,14 @@ Times are seconds from the start of the file, the clock of `hearflow.media.video
 The compressed packets of the track are demuxed (or taken from an open
 `VideoFile`), and only those around the window are decoded, with a short pre-roll.
 
-The window rule: a window of ``seconds`` centred on ``center_s``. Where that
+The window rule (`read_audio_window`, data.audio_centre ``key-frame``): a window of
+``seconds`` centred on ``center_s``. Where that
 window would cross the start or the end of the audio track, it is shifted inside
 the track (same length, same content a player would play, no padding). Only when
 the whole track is shorter than the window is it tiled (repeated from its start,
-as the released code does).
+as the released code does). The released Flickr test rule (`read_middle_window`,
+data.audio_centre ``clip-middle``) cuts the window around the middle of the whole track
+instead, with the release's slicing (`middle_window`).
 """
 
 from __future__ import annotations
@@ -66,6 +69,40 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     if len(samples) == 0:
         raise HearflowError(f"{path}: the audio stream has no decodable samples")
     return resample(samples, rate, sample_rate)
+
+
+def middle_window(samples: np.ndarray, rate: int, seconds: float) -> np.ndarray:
+    """The released code's Flickr test cut: ``seconds`` around the middle of a whole track.
+
+    samples: mono (n,) at ``rate`` Hz, the whole track. The middle is that of the track's
+    whole seconds, ``m = floor(n / rate) / 2`` s, and the cut is the slice
+    ``[int((m - seconds / 2) * rate), int((m + seconds / 2) * rate))`` with Python's slicing
+    rules, so it lies up to 0.5 s before the exact middle ``n / 2``. A cut shorter than
+    the window (a track under ``seconds``) is tiled from its start; the result has
+    ``int(seconds * rate)`` samples, float32. (The release wrote 22,050 for ``rate``; its
+    files were at that rate.)
+    """
+    middle = float(len(samples) // rate) / 2
+    cut = np.asarray(samples[int((middle - seconds / 2) * rate) : int((middle + seconds / 2) * rate)])
+    length = int(seconds * rate)
+    if len(cut) == 0:
+        raise HearflowError("the audio track has no samples around its middle")
+    if len(cut) < length:
+        cut = np.tile(cut, length // len(cut) + 1)
+    return cut[:length].astype(np.float32)
+
+
+def read_middle_window(source: str | Path | VideoFile, seconds: float, sample_rate: int) -> np.ndarray:
+    """`middle_window` of the whole first audio track at ``sample_rate`` (data.audio_centre
+    ``clip-middle``): the track is decoded and resampled whole, as the release loaded it."""
+    if isinstance(source, VideoFile) and source.audio_packets is not None:
+        samples, _, rate = _decode(source.audio_packets, source.audio_stream, source.info.start_s, source.path)
+        if len(samples) == 0:
+            raise HearflowError(f"{source.path}: the audio stream has no decodable samples")
+        whole = resample(samples, rate, sample_rate)
+    else:
+        whole = read_audio(source.path if isinstance(source, VideoFile) else source, sample_rate)
+    return middle_window(whole, sample_rate, seconds)
 
 
 def read_audio_window(source: str | Path | VideoFile, center_s: float, seconds: float, sample_rate: int) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 - image: 3-channel trunk -> ``B x 8w x h x w`` map; optionally frozen (no gradients,
   BatchNorm kept in eval mode unless ``bn_drift`` reproduces the released code);
-- audio: 1-channel trunk, global max pool, L2-normalised ``B x 8w`` vector;
+- audio: 1-channel trunk, global average pool (Eq. 2) or max pool (released),
+  L2-normalised ``B x 8w`` vector;
 - flow: 2-channel trunk -> ``B x 8w x h x w`` map, or the parameter-free max pool of
-  the flow itself to the map size (Table 5).
+  the flow itself to the map size (Table 5): per channel (released) or by magnitude.
 
 ImageNet weights come from torchvision's weights API (its cache under
 ``$TORCH_HOME/hub/checkpoints``); nothing here downloads unless asked to.
@@ -57,23 +58,27 @@ class ImageEncoder(ResNetTrunk):
 
 
 class AudioEncoder(ResNetTrunk):
-    """Spectrogram ``B x 1 x F x T`` -> L2-normalised ``B x 8w`` vector (global max pool);
+    """Spectrogram ``B x 1 x F x T`` -> L2-normalised ``B x 8w`` vector;
     ``normalize=False``: the pooled vector as it is (a projection head follows, as in EZ-VSL).
 
-    Initialised as released: Kaiming normal (fan_out) convolutions, BatchNorm weight
-    ~ N(1, 0.02) and bias 0.
+    ``pool``: ``"max"`` (the released code's global max pool over the trunk's map) or
+    ``"avg"`` (Eq. 2's global average pool). Initialised as released: Kaiming normal
+    (fan_out) convolutions, BatchNorm weight ~ N(1, 0.02) and bias 0.
     """
 
-    def __init__(self, width: int = 64, normalize: bool = True) -> None:
+    def __init__(self, width: int = 64, pool: str = "max", normalize: bool = True) -> None:
         super().__init__(1, width, 32)
-        self.normalize = normalize
+        if pool not in ("max", "avg"):
+            raise HearflowError(f"model.audio_pool is {pool!r}; choose one of avg, max")
+        self.pool, self.normalize = pool, normalize
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
                 nn.init.normal_(module.weight, mean=1.0, std=0.02)
                 nn.init.zeros_(module.bias)
 
     def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
-        features = super().forward(spectrogram).amax(dim=(2, 3))
+        trunk = super().forward(spectrogram)
+        features = trunk.amax(dim=(2, 3)) if self.pool == "max" else trunk.mean(dim=(2, 3))
         return F.normalize(features, dim=1) if self.normalize else features
 
 
@@ -90,9 +95,23 @@ def flow_encoder(width: int = 64, map_stride: int = 32, conv1_init: str = "rando
     return trunk
 
 
-def max_pool_flow(flow: torch.Tensor, map_size: tuple[int, int]) -> torch.Tensor:
-    """Table 5's flow encoder: ``B x 2 x S x S`` -> ``B x 2 x h x w`` by one adaptive max pool."""
-    return F.adaptive_max_pool2d(flow, map_size)
+def max_pool_flow(flow: torch.Tensor, map_size: tuple[int, int], pool: str = "channel-max") -> torch.Tensor:
+    """Table 5's flow encoder: ``B x 2 x S x S`` (dx, dy) -> ``B x 2 x h x w`` by one adaptive max pool.
+
+    ``"channel-max"`` (released): dx and dy pooled separately, so of signed flow only the
+    largest rightward dx and downward dy of a cell survive (leftward motion next to a still
+    pixel pools to 0). ``"magnitude"``: each cell keeps the (dx, dy) vector of its largest
+    magnitude, signs included, so motion in any direction counts.
+    """
+    if pool == "channel-max":
+        return F.adaptive_max_pool2d(flow, map_size)
+    if pool != "magnitude":
+        raise HearflowError(f"model.flow_pool is {pool!r}; choose one of magnitude, channel-max")
+    magnitude = flow.float().pow(2).sum(dim=1, keepdim=True)
+    _, where = F.adaptive_max_pool2d(magnitude, map_size, return_indices=True)  # B x 1 x h x w, flat H*W
+    flat = flow.flatten(2)
+    index = where.flatten(2).expand(-1, flow.shape[1], -1)
+    return flat.gather(2, index).view(flow.shape[0], flow.shape[1], *where.shape[2:])
 
 
 def imagenet_weights_file() -> str:

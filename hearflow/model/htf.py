@@ -91,7 +91,7 @@ class HTF(nn.Module):
         m = config.model
         channels = 8 * m.width
         self.imgnet = ImageEncoder(m.width, m.map_stride, frozen=m.vision_frozen, bn_drift=m.vision_bn_drift)
-        self.audnet = AudioEncoder(m.width, normalize=not m.projection)
+        self.audnet = AudioEncoder(m.width, m.audio_pool, normalize=not m.projection)
         uses_flow_trunk = m.prior != "none" and m.flow_encoder == "resnet18"
         self.flownet = flow_encoder(m.width, m.map_stride, m.flow_conv1_init) if uses_flow_trunk else None
         flow_channels = channels if uses_flow_trunk else 2
@@ -162,7 +162,7 @@ class HTF(nn.Module):
             if self.flownet is not None:
                 flow_features = module("flownet")(flow)
             else:
-                flow_features = max_pool_flow(flow, _map_size(visual))
+                flow_features = max_pool_flow(flow, _map_size(visual), self.config.model.flow_pool)
             visual = visual + module("flowatt")(visual, flow_features)
         audio = module("audnet")(spectrogram)
         if not self.heads:

@@ -33,14 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hearflow.config import Config, DataConfig
-from hearflow.data.lists import VIDEO_SUFFIXES, find_videos, read_ids, read_keyframes, shard_of
+from hearflow.data.lists import VIDEO_SUFFIXES, find_videos, read_ids, read_keyframe_files, shard_of
 from hearflow.data.prepared import (
     FAILURE_COLUMNS,
     MANIFEST_COLUMNS,
+    RECIPE_ADDED,
+    RECIPE_KEYS,
     CsvLog,
     failures_name,
     file_problem,
     manifest_name,
+    recipe_of,
     sample_paths,
 )
 from hearflow.errors import HearflowError, option
@@ -49,9 +52,6 @@ from hearflow.prepare.video import prepare_video
 from hearflow.prepare.workers import WorkerPool
 
 DEFAULT_TIMEOUT_S = 300.0  # per video; a decode that hangs longer is a "timeout" failure
-
-
-RECIPE_KEYS = ("sample_rate", "seconds", "flow_method", "flow_size", "flow_pairs")
 
 
 @dataclass
@@ -106,6 +106,7 @@ def _check_recipe(out: Path, recipe: dict) -> None:
                 raise ValueError(f"it holds a {type(earlier).__name__}, not the recipe")
         except (OSError, ValueError, RecursionError) as error:
             raise HearflowError(f"{path} is unreadable ({error}); remove it or use a new output folder") from None
+        earlier = {**RECIPE_ADDED, **earlier}
         differences = [f"{key} {earlier.get(key)!r} -> {recipe[key]!r}" for key in RECIPE_KEYS if earlier.get(key) != recipe[key]]
         if differences:
             raise HearflowError(
@@ -147,7 +148,7 @@ def prepare(
     data_config: DataConfig | None = None,
     *,
     ids: str | Path | None = None,
-    keyframes: str | Path | None = None,
+    keyframes: str | Path | list[str | Path] | None = None,
     workers: int = 1,
     shard: tuple[int, int] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -158,7 +159,7 @@ def prepare(
 
     The recipe (audio rate and window, flow method, working size, pairs) comes from
     `data_config` (default: the ``htf`` preset's). `ids`: a file of ids to select;
-    `keyframes`: a Flickr key-frame CSV; `shard`: (I, N) to do only the ids whose
+    `keyframes`: a Flickr key-frame CSV, or several (a later file's entry wins for its id); `shard`: (I, N) to do only the ids whose
     stable hash falls in shard I. Returns a PrepareSummary; usage errors raise
     HearflowError.
     """
@@ -170,13 +171,13 @@ def prepare(
         raise HearflowError(f"{option('--timeout', 'timeout_s')} must be positive, got {timeout_s}")
     if config.sample_rate <= 0 or config.seconds <= 0:
         raise HearflowError("data.sample_rate and data.seconds (--sample-rate, --seconds) must be positive")
-    recipe = {key: getattr(config, key) for key in RECIPE_KEYS}
+    recipe = recipe_of(config)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise HearflowError(f"{out} is a file; the output must be a folder (a new one, or one prepare wrote)")
     summary = PrepareSummary(out=str(out), failures_file=str(out / failures_name(shard)))
     videos = _select_videos(src, ids, shard, summary)
-    tasks, input_failures = _tasks(videos, read_keyframes(keyframes) if keyframes is not None else {})
+    tasks, input_failures = _tasks(videos, read_keyframe_files(keyframes) if keyframes else {})
     with _output_lock(out, shard), _storage_errors_stop_the_run(out, summary):
         for folder in ("frames", "flow", "audio"):
             try:

@@ -49,7 +49,7 @@ class _Stage:
 def prepare_video(video: str | Path, sample_id: str, out: str | Path, recipe: dict, one_based_key: int | None = None) -> dict:
     """Prepare one video into `out`; returns its manifest row or raises StageFailure."""
     from hearflow.data.prepared import write_sample
-    from hearflow.media.audio import read_audio_window
+    from hearflow.media.audio import read_audio_window, read_middle_window
     from hearflow.media.flow import aggregate_flow, pair_window
     from hearflow.media.video import VideoFile, key_frame_index
 
@@ -67,7 +67,10 @@ def prepare_video(video: str | Path, sample_id: str, out: str | Path, recipe: di
                 raise HearflowError(f"{video}: no audio stream")
             key = key_frame_index(info.n_frames) if one_based_key is None else key_frame_from_one_based(one_based_key, info.n_frames)
             time_s = info.frame_time(key)
-            audio = read_audio_window(clip, time_s, recipe["seconds"], recipe["sample_rate"])
+            if recipe.get("audio_centre", "key-frame") == "clip-middle":
+                audio = read_middle_window(clip, recipe["seconds"], recipe["sample_rate"])
+            else:
+                audio = read_audio_window(clip, time_s, recipe["seconds"], recipe["sample_rate"])
         with _Stage("decode"):
             pairs = min(recipe["flow_pairs"], info.n_frames - 1)
             first = pair_window(key, pairs, info.n_frames)

@@ -86,6 +86,10 @@ STUDY_ROWS = (
     StudyRow("center", "centre box, no training", method=CENTER),
     StudyRow("channel-resnet18", "channel prior, ResNet-18 flow encoder (Table 4 d, 5 b)", "demo-lvs",
              _CHANNEL + _RESNET18),
+    # Eq. 2's global average pooling of the audio map against the released max pool (every
+    # other row): docs/released-recipe.md.
+    StudyRow("lvs-avg-audio", "no flow prior, audio map average-pooled (Eq. 2)", "demo-lvs",
+             (("model.audio_pool", "avg"),)),
     StudyRow("spatial-resnet18", "spatial prior (released code), ResNet-18 flow encoder", "demo-lvs",
              _SPATIAL + _RESNET18),
     StudyRow("spatial-resnet18-gated", "spatial prior with the gate (gamma = 0 at start; `demo-htf`)", "demo-lvs",

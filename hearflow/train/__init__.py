@@ -270,7 +270,7 @@ def fit(trainer: Trainer, progress: bool = True) -> HTF:
                                                          config.train.workers, progress=progress)
                 _, results = trainer.validation.score(predictions)
                 row.update({f"val_{key}": results[key] for key in ("ciou_at_0_5", "auc", "mean_ciou")})
-            row["is_best"] = _is_best(state, row)
+            row["is_best"] = _is_best(state, row, config.train.best_ties)
             state.epoch = epoch
             if context.is_main:
                 save_checkpoints(trainer, row)
@@ -354,14 +354,19 @@ def _nan_message(trainer: Trainer, value: float, epoch: int, step: int, ids: lis
             f"{state.global_step + 1}); {kept}; {cause}")
 
 
-def _is_best(state: RunState, row: dict[str, Any]) -> bool:
-    """Whether the epoch of ``row`` beats the best so far (updating ``state.best``)."""
+def _is_best(state: RunState, row: dict[str, Any], ties: str = "auc") -> bool:
+    """Whether the epoch of ``row`` beats the best so far (updating ``state.best``).
+
+    With validation: a higher cIoU@0.5; among epochs tied on it, ``ties`` (train.best_ties)
+    ``"auc"`` takes the higher AUC, ``"first"`` keeps the earlier epoch (the release's rule).
+    """
     if state.best["metric"] == "train_loss":
         score = row["train_loss"]
         better = state.best["score"] is None or score < state.best["score"]
     else:
         score = (row["val_ciou_at_0_5"], row["val_auc"])
-        better = state.best["score"] is None or tuple(score) > tuple(state.best["score"])
+        compared = 2 if ties == "auc" else 1
+        better = state.best["score"] is None or tuple(score)[:compared] > tuple(state.best["score"])[:compared]
     if better:
         state.best = {"metric": state.best["metric"], "score": score, "epoch": row["epoch"]}
     return better
