@@ -140,8 +140,10 @@ def test_hearflow_serve_starts_with_one_command_and_stops_clean(tmp_path):
         port = probe.getsockname()[1]
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # started as a shell without job control starts `cmd &` (CI scripts): with SIGINT ignored
     server = subprocess.Popen([sys.executable, "-m", "hearflow.cli", "serve", "--checkpoint", str(tmp_path / "model.pt"),
-                               "--port", str(port), "--device", "cpu"], env=env, stderr=subprocess.PIPE, text=True)
+                               "--port", str(port), "--device", "cpu"], env=env, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline, info = time.monotonic() + 120, None
         while info is None and time.monotonic() < deadline and server.poll() is None:

@@ -14,8 +14,10 @@ Needs ``pip install "hearflow[serve]"``.
 
 from __future__ import annotations
 
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from hearflow.errors import HearflowError
@@ -60,7 +62,22 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, cli
     shown = f"[{host}]" if ":" in host else host
     print(f"hearflow serve: {checkpoint} on http://{shown}:{server.effective_port}/ (Ctrl-C stops)", file=sys.stderr)
     try:
+        _stop_on_signals()
         server.run()
     finally:
         server.close()
         app.extensions["hearflow_jobs"].close()
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM stop the server through KeyboardInterrupt, so the temporary
+    folder is removed: also when SIGINT was ignored at start, as it is for a command started in
+    the background by a shell without job control (CI scripts, ``cmd &``)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set in the main thread; its handlers apply
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
