@@ -61,7 +61,8 @@ def method_fields(method: str) -> tuple[tuple[str, Any], ...]:
 
 
 def method_rows() -> tuple[StudyRow, ...]:
-    """The method axis: per method, no flow / learned prior / late fusion / OGL; and OGL for LVS and HTF."""
+    """The method axis: per method, no flow / learned prior / vision pre-trained / late fusion / OGL;
+    and OGL for LVS and HTF."""
     rows = [StudyRow("lvs-ogl", "LVS + object-guided localization (synthetic trunk), no training",
                      method=OBJECT_FUSION, pretrain=True, base="lvs"),
             StudyRow("htf-ogl", "HTF (spatial-resnet18-gated) + object-guided localization, no training",
@@ -72,6 +73,9 @@ def method_rows() -> tuple[StudyRow, ...]:
             StudyRow(method, f"{label}, no flow", "demo-lvs", fields),
             StudyRow(f"{method}-prior", f"{label} + the learned flow prior (spatial, gated)", "demo-lvs",
                      fields + LEARNED_PRIOR),
+            StudyRow(f"{method}-pretrained", f"{label}, vision started from the synthetic pre-trained trunk "
+                     "(the published method's ImageNet start)", "demo-lvs",
+                     fields + (("model.vision_pretrained", True),), pretrain=True),
             StudyRow(f"{method}-late-fusion", f"{label} map x (1 + flow magnitude), no training",
                      method=LATE_FUSION, base=method),
             StudyRow(f"{method}-ogl", f"{label} + object-guided localization (synthetic trunk), no training",
