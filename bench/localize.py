@@ -118,7 +118,8 @@ def parts(clip: Path, model: torch.nn.Module, steps: int) -> dict[str, float]:
     from hearflow.localize import Localizer, make_step
     from hearflow.media.encode import VideoWriter
     from hearflow.media.flow import aggregate_flow
-    from hearflow.media.video import VideoFile, iter_frame_pairs
+    from hearflow.media.frame_stream import iter_frame_pairs
+    from hearflow.media.video import VideoFile
     from hearflow.overlay import overlay_heatmap
 
     localizer = Localizer(model, device="cpu", backend="torch")

@@ -11,7 +11,8 @@ import pytest
 
 from hearflow.errors import HearflowError
 from hearflow.media import video as video_module
-from hearflow.media.video import VideoFile, iter_frame_pairs, key_frame_index, probe, read_frame_pair, read_frames
+from hearflow.media.frame_stream import iter_frame_pairs
+from hearflow.media.video import VideoFile, key_frame_index, probe, read_frame_pair, read_frames
 from media_fixtures import index_frame, read_index, sequential_frames, tone_track, write_audio_only, write_video
 
 # (file name, write_video keyword arguments): containers, codecs and GOP structures
@@ -193,7 +194,8 @@ def test_bad_files_raise_clear_errors(tmp_path):
 MEMORY_PROBE = """
 import resource, sys
 from hearflow.errors import HearflowError
-from hearflow.media.video import VideoFile, iter_frame_pairs, read_frames
+from hearflow.media.frame_stream import iter_frame_pairs
+from hearflow.media.video import VideoFile, read_frames
 errors = []
 for attempt in (lambda: VideoFile(sys.argv[1]), lambda: read_frames(sys.argv[1], 1, 2),
                 lambda: list(iter_frame_pairs(sys.argv[1]))):

@@ -25,7 +25,8 @@ import numpy as np
 from hearflow.errors import HearflowError
 from hearflow.localize.steps import LocalizationStep, make_step
 from hearflow.media.flow import pair_window
-from hearflow.media.video import VideoFile, iter_frame_pairs, key_frame_index
+from hearflow.media.frame_stream import iter_frame_pairs
+from hearflow.media.video import VideoFile, key_frame_index
 
 if TYPE_CHECKING:
     from hearflow.localize.localizer import Localizer

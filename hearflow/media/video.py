@@ -6,7 +6,8 @@ decoding is cheap) and keeps each frame's presentation timestamp; frame ``i`` is
 ``i``-th smallest timestamp. Frames are then decoded from the keyframe at or before
 the wanted frame, matched by timestamp, so the key frame and the next one come out
 of one decoding pass. `VideoFile` does all of it reading the file once (packets kept
-in memory); `read_frames` on a path seeks once instead.
+in memory); `read_frames` on a path seeks once instead; `hearflow.media.frame_stream`
+streams every frame pair.
 
 Times (``time_s``) are seconds from the start of the file (the container's start
 time), on the same clock as `hearflow.media.audio`, so a frame and its audio line up.
@@ -23,7 +24,6 @@ import itertools
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np
@@ -430,30 +430,3 @@ def _frame_pair(path, info: VideoInfo, index, time_s, read) -> FramePair:
     index = min(index, info.n_frames - 2)
     frame, next_frame = read(index, 2)
     return FramePair(frame, next_frame, index, info.frame_time(index), info)
-
-
-def iter_frame_pairs(path: str | Path, every_s: float | None = None) -> Iterator[FramePair]:
-    """Stream (frame i, frame i + 1) pairs through the whole video in one decoding pass.
-
-    With `every_s`, yields only the first frame at or after each multiple of
-    `every_s` seconds; otherwise every frame that has a successor.
-    """
-    info = probe(path)
-    next_time = 0.0
-    previous = None  # (index, time_s, image) of a selected frame waiting for its successor
-    with _open(path) as container:
-        stream = _video_stream(container, path)
-        stream.thread_type = "AUTO"
-        try:
-            for position, frame in enumerate(container.decode(stream)):
-                image = _to_display(frame, info.rotation)
-                if previous is not None:
-                    yield FramePair(previous[2], image, previous[0], previous[1], info)
-                    previous = None
-                time_s = float(frame.time) - info.start_s if frame.time is not None else info.frame_time(position)
-                if every_s is None or time_s >= next_time - 1e-9:
-                    previous = (position, time_s, image)
-                    if every_s is not None:
-                        next_time = (np.floor(time_s / every_s + 1e-9) + 1) * every_s
-        except (av.FFmpegError, EOFError) as error:
-            raise HearflowError(f"{path}: decoding failed ({_ffmpeg_message(error)})") from None

@@ -41,11 +41,11 @@ from hearflow.data.prepared import (
     RECIPE_KEYS,
     CsvLog,
     failures_name,
-    file_problem,
     manifest_name,
     recipe_of,
     sample_paths,
 )
+from hearflow.data.integrity import file_problem
 from hearflow.errors import HearflowError, option
 from hearflow.io import folder_lock, remove_stale_temporaries, storage_problem, write_atomic, write_json
 from hearflow.prepare.video import prepare_video
