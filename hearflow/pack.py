@@ -1,8 +1,9 @@
 """`hearflow pack`: a prepared folder -> WebDataset-style tar shards with an index (`hearflow.data.shards`).
 
 Each sample becomes four members: the frame's JPEG as it is, the flow as a 16-bit
-PNG (copied, or encoded from an earlier version's float16 ``.npy``), the audio as
-FLAC (the WAV's PCM, lossless) and its manifest row as JSON. Shards fill up to
+PNG (the same levels re-encoded at zlib's strongest level, or encoded from an earlier
+version's float16 ``.npy``), the audio as FLAC (the WAV's PCM, lossless) and its
+manifest row as JSON. Shards fill up to
 ``shard_size`` bytes in the order of the sorted ids; ``--shard I/N`` packs the ids
 whose stable hash falls in part I into shards and an index of its own, so N jobs can
 pack one folder into one OUT side by side. Every shard is written atomically and the
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hearflow.data.codecs import FLOW_STEP, encode_flac, encode_flow
+from hearflow.data.codecs import FLOW_STEP, PACK_ZLIB_LEVEL, encode_flac, encode_flow, recompress_flow
 from hearflow.data.lists import shard_of
 from hearflow.data.prepared import JPEG_QUALITY, MANIFEST_COLUMNS, PreparedFolder
 from hearflow.data.shards import (
@@ -140,9 +141,12 @@ def sample_members(folder: PreparedFolder, sample_id: str) -> dict[str, bytes]:
         raise HearflowError(f"sample {sample_id!r}: missing {', '.join(map(str, missing))} "
                             "(rerun `hearflow prepare` on it)")
     if paths["flow"].suffix == ".png":
-        flow = paths["flow"].read_bytes()
+        try:
+            flow = recompress_flow(paths["flow"].read_bytes())
+        except HearflowError as error:
+            raise HearflowError(f"{paths['flow']}: {error} (rerun `hearflow prepare` on it)") from None
     else:
-        flow = encode_flow(folder.read(sample_id).flow)
+        flow = encode_flow(folder.read(sample_id).flow, zlib_level=PACK_ZLIB_LEVEL)
     try:
         rate, pcm = wavfile.read(str(paths["audio"]))
     except (OSError, ValueError) as error:

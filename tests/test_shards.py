@@ -13,6 +13,7 @@ from fixtures_train import small_config, synth_set  # noqa: F401
 
 from hearflow.checkpoint import save_checkpoint
 from hearflow.cli import main
+from hearflow.data.codecs import decode_flow_levels, recompress_flow
 from hearflow.data.dataset import PreparedDataset
 from hearflow.data.lists import parse_shard
 from hearflow.data.prepared import PreparedFolder
@@ -53,7 +54,12 @@ def test_a_shard_is_a_tar_of_ordinary_files(synth_set, shards, tmp_path):
     subprocess.run(["tar", "-xf", str(first), "-C", str(tmp_path)], check=True)
     for key in keys:
         assert (tmp_path / f"{key}.jpg").read_bytes() == (synth_set.prepared / "frames" / f"{key}.jpg").read_bytes()
-        assert (tmp_path / f"{key}.flow.png").read_bytes() == (synth_set.prepared / "flow" / f"{key}.png").read_bytes()
+        # The flow's levels and step as prepared, re-encoded at zlib's strongest level.
+        packed_flow = (tmp_path / f"{key}.flow.png").read_bytes()
+        prepared_flow = (synth_set.prepared / "flow" / f"{key}.png").read_bytes()
+        assert packed_flow == recompress_flow(prepared_flow)
+        assert len(packed_flow) <= len(prepared_flow)
+        np.testing.assert_array_equal(decode_flow_levels(packed_flow)[0], decode_flow_levels(prepared_flow)[0])
         assert json.loads((tmp_path / f"{key}.json").read_text())["id"] == key
     assert (tmp_path / f"{keys[0]}.flac").read_bytes()[:4] == b"fLaC"
 
@@ -115,6 +121,11 @@ def test_pack_refusals_name_the_problem(synth_set, shards, tmp_path):
     assert not (tmp_path / "out" / "index.csv").exists() and not list((tmp_path / "out").glob("*.tar"))
     with pytest.raises(HearflowError, match="no index"):
         PreparedShards(tmp_path / "out")
+    broken = synth_set.copy_prepared(tmp_path / "broken")
+    flow = broken / "flow" / f"{PreparedFolder(broken).ids[3]}.png"
+    flow.write_bytes(flow.read_bytes()[: flow.stat().st_size // 2])
+    with pytest.raises(HearflowError, match=f"{flow.name}.*damaged.*rerun `hearflow prepare`"):
+        pack(broken, tmp_path / "out-broken", progress=False)
     truncated = tmp_path / "truncated"
     pack(synth_set.prepared, truncated, progress=False)
     tar = next(truncated.glob("*.tar"))

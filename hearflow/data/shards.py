@@ -6,7 +6,7 @@ What `hearflow pack` writes::
                                  frames' JPEG quality and the flow's quantisation step
     OUT/shard-000000.tar ...     samples, each four consecutive members named by its key:
         {key}.jpg                the key frame, the folder's JPEG as it is (quality in shards.json)
-        {key}.flow.png           the flow as a 16-bit PNG (`hearflow.data.codecs`)
+        {key}.flow.png           the flow as a 16-bit PNG, zlib level 9 (`hearflow.data.codecs`)
         {key}.flac               the audio window, the WAV's 16-bit PCM as FLAC (lossless)
         {key}.json               the sample's manifest row, with its id
     OUT/index.csv                one row per sample: id, shard, offset and size of its
