@@ -81,4 +81,19 @@ def method_rows() -> tuple[StudyRow, ...]:
             StudyRow(f"{method}-ogl", f"{label} + object-guided localization (synthetic trunk), no training",
                      method=OBJECT_FUSION, pretrain=True, base=method),
         ]
-    return tuple(rows)
+    return tuple(rows + fnac_diagnosis_rows())
+
+
+def fnac_diagnosis_rows() -> list[StudyRow]:
+    """Why FNAC did not localize from the pre-trained trunk where EZ-VSL did: FNAC differs
+    from EZ-VSL in the study by its regularisers and its image dropout, and each row
+    removes one of the two (docs/methods-study.md). Diagnosis, not a method."""
+    pretrained = method_fields("fnac") + (("model.vision_pretrained", True),)
+    unregularised = tuple((f"objective.fnac_{term}_weight", 0.0) for term in ("audio", "foreground", "image"))
+    return [
+        StudyRow("fnac-pretrained-no-regularisers", "FNAC from the pre-trained trunk, its three regularisers "
+                 "weighted 0 (EZ-VSL + FNAC's image dropout)", "demo-lvs", pretrained + unregularised,
+                 pretrain=True),
+        StudyRow("fnac-pretrained-no-dropout", "FNAC from the pre-trained trunk without its image dropout",
+                 "demo-lvs", pretrained + (("model.dropout_image", 0.0),), pretrain=True),
+    ]
