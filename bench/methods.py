@@ -7,6 +7,9 @@ timed steps. Rates are interleaved (htf, method, htf, ... over ``--rounds``) so 
 load on a shared machine hits both sides; the table gives each preset's samples/s, its ratio
 to htf's, and its peak-memory ratio to htf's (CUDA: ``torch.cuda.max_memory_allocated``; CPU:
 the growth of the process's peak RSS over a step, a coarse figure, as ``resource`` reports it).
+It also prints each preset's model state, exact and device-independent: trained parameters
+(with their gradients and Adam's two moments: 16 bytes each in float32), frozen parameters
+and the momentum (EMA) copies (4 bytes each, no gradient, no optimiser state).
 
     python3 bench/methods.py                          # CPU, batch 8, at 224 px, prior as preset
     python3 bench/methods.py --device cuda --batch 128 --steps 10
@@ -56,6 +59,20 @@ def make_step(config, batch: int, device: torch.device):
         scaler.update()
 
     return step
+
+
+def state_bytes(model: torch.nn.Module) -> dict[str, int]:
+    """Bytes of a model's training state: trained parameters x 16 (weight, gradient, Adam's two
+    moments, float32), frozen parameters x 4 and the momentum copies (``momentum_*``) x 4."""
+    parts = {"trained": 0, "frozen": 0, "momentum": 0}
+    for name, parameter in model.named_parameters():
+        if name.startswith("momentum_"):
+            parts["momentum"] += 4 * parameter.numel()
+        elif parameter.requires_grad:
+            parts["trained"] += 16 * parameter.numel()
+        else:
+            parts["frozen"] += 4 * parameter.numel()
+    return parts
 
 
 def _synchronize(device: torch.device) -> None:
@@ -111,6 +128,12 @@ def main() -> int:
     for name in PRESETS:
         mean = statistics.mean(rates[name])
         print(f"| {name} | {mean:.1f} | {mean / base:.2f}x | {memory[name] / memory['htf']:.2f}x |")
+    print("\nmodel state (MiB): trained parameters with gradients and Adam's moments + frozen + momentum copies")
+    states = {name: state_bytes(build_model(config=preset_config(name, **fields))) for name in PRESETS}
+    for name, parts in states.items():
+        total = sum(parts.values())
+        print(f"  {name:6s} {total / 2**20:7.1f} = {parts['trained'] / 2**20:.1f} + {parts['frozen'] / 2**20:.1f} + "
+              f"{parts['momentum'] / 2**20:.1f}   ({total / sum(states['htf'].values()):.2f}x htf)")
     return 0
 
 
