@@ -9,6 +9,11 @@ panning texture, moving blobs, film grain, noisy stereo audio; prepared with the
   `hearflow pack` (JPEG, flow PNG, FLAC, JSON, tar headers);
 - the flow's quantisation error against the float32 flow prepare computes (max and mean
   over every pixel), beside float16's, the storage of before;
+- what each lossless size option costs (`encoding_costs`, CPU ms per sample, best of 3):
+  the frame's JPEG without and with optimised Huffman tables (the folder's frames
+  decoded and re-encoded both ways, pixels compared), the flow PNG at prepare's zlib
+  level and as pack re-encodes it, FLAC at its default and its strongest level, and a
+  whole `hearflow pack` of the folder;
 - CPU time per training sample of one loader worker (read, decode, transforms,
   collation into batches of 32), measured in this process with ``time.process_time``
   (a worker is one such process): the reference is the loader before issue 18, restated
@@ -29,6 +34,7 @@ reference's samples/s per worker, folder and shards.
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import statistics
 import sys
@@ -48,10 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare import make_clip  # noqa: E402  (bench/prepare.py)
 
 from hearflow.config import preset_config  # noqa: E402
-from hearflow.data.codecs import FLOW_STEP, decode_flow, encode_flow  # noqa: E402
+from hearflow.data.codecs import FLOW_STEP, decode_flow, encode_flac, encode_flow, recompress_flow  # noqa: E402
 from hearflow.data.dataset import PreparedDataset  # noqa: E402
 from hearflow.data.device_inputs import collate_encoded  # noqa: E402
-from hearflow.data.prepared import PreparedFolder, read_wav  # noqa: E402
+from hearflow.data.prepared import JPEG_QUALITY, PreparedFolder, encode_jpeg, read_wav  # noqa: E402
 from hearflow.data.shards import MEMBERS, PreparedShards  # noqa: E402
 from hearflow.data.streaming import ShardStream  # noqa: E402
 from hearflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD, fit_audio  # noqa: E402
@@ -118,6 +124,60 @@ def report_sizes(folder: Path, legacy: Path, shards: Path, videos: Path) -> None
     print(f"flow error vs float32, pixels: PNG at 1/{round(1 / FLOW_STEP)} px max {png_e.max():.5f} (bound "
           f"{FLOW_STEP / 2:.5f}) mean {png_e.mean():.5f}; float16 (before) max {f16_e.max():.5f} mean "
           f"{f16_e.mean():.5f}; largest |flow| {max(np.abs(f).max() for f in float_flows(videos)):.1f} px")
+
+
+def _best_cpu_ms(work, items) -> tuple[float, list]:
+    """(best of 3 CPU ms per item of ``work`` over ``items``, the outputs of the last run)."""
+    best, outputs = float("inf"), []
+    for _ in range(3):
+        start = time.process_time()
+        outputs = [work(item) for item in items]
+        best = min(best, (time.process_time() - start) / len(items) * 1000)
+    return best, outputs
+
+
+def encoding_costs(folder: Path) -> None:
+    """Bytes and CPU ms per sample of each lossless size option, and of a whole pack."""
+    import soundfile
+    from scipy.io import wavfile
+
+    frames = [cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+              for p in sorted((folder / "frames").glob("*.jpg"))]
+    flows = [p.read_bytes() for p in sorted((folder / "flow").glob("*.png"))]
+    pcms = [wavfile.read(str(p)) for p in sorted((folder / "audio").glob("*.wav"))]
+
+    def plain_jpeg(frame):
+        return cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
+
+    def default_flac(rate_pcm):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, rate_pcm[1], rate_pcm[0], format="FLAC", subtype="PCM_16")
+        return buffer.getvalue()
+
+    def decoded(data):
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+    pairs = {
+        "frame JPEG, plain / optimised Huffman": ((plain_jpeg, frames), (encode_jpeg, frames)),
+        "flow PNG, prepare (zlib 6) / pack (zlib 9)": ((lambda d: encode_flow(decode_flow(d)), flows),
+                                                       (recompress_flow, flows)),
+        "audio FLAC, default / strongest level": ((default_flac, pcms), (lambda rp: encode_flac(rp[1], rp[0]), pcms)),
+    }
+    print("lossless size options (bytes and CPU ms per sample, best of 3):")
+    for label, ((first, items), (second, _)) in pairs.items():
+        (first_ms, first_out), (second_ms, second_out) = _best_cpu_ms(first, items), _best_cpu_ms(second, items)
+        first_kb, second_kb = (sum(map(len, out)) / len(out) / 1000 for out in (first_out, second_out))
+        same = ("" if not label.startswith("frame") else "  same pixels: "
+                + str(all(np.array_equal(decoded(a), decoded(b)) for a, b in zip(first_out, second_out))))
+        print(f"  {label:44s} {first_kb:6.1f} / {second_kb:6.1f} KB ({second_kb / first_kb:.3f}x)  "
+              f"{first_ms:6.2f} / {second_ms:6.2f} ms{same}")
+    out = Path(tempfile.mkdtemp(prefix="bench_pack_"))
+    try:
+        start = time.process_time()
+        pack(folder, out / "shards", progress=False)
+        print(f"  hearflow pack: {(time.process_time() - start) / len(frames) * 1000:.1f} CPU ms per sample")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def reference_item(folder: PreparedFolder, sample_id: str, data, rng: np.random.Generator) -> dict:
@@ -211,6 +271,7 @@ def main() -> int:
     try:
         folder, legacy, shards = make_data(root, args.clips)
         report_sizes(folder, legacy, shards, root / "videos")
+        encoding_costs(folder)
         config = preset_config("htf")
         makers = variants(folder, legacy, shards, config)
         times: dict[str, list[float]] = {name: [] for name in makers}

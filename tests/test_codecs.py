@@ -85,7 +85,7 @@ def test_recompressing_a_flow_keeps_its_levels_and_step_and_saves_bytes():
         np.testing.assert_array_equal(again, levels)
         assert again_step == step == read_flow_step(small)
         np.testing.assert_array_equal(decode_flow(small), decode_flow(fast))
-    assert len(small) <= len(fast)
+        assert len(small) <= len(fast)
     # Smooth motion (what a video's flow mostly is) compresses a few per cent better at level 9.
     smooth = cv2.GaussianBlur(rng.normal(0, 6.0, (256, 455, 2)).astype(np.float32), (0, 0), 8)
     assert len(recompress_flow(encode_flow(smooth))) < 0.97 * len(encode_flow(smooth))

@@ -13,7 +13,7 @@ PNG as a ``tEXt`` chunk (keyword ``FLOW_STEP_KEY``), which image viewers ignore 
 zlib level 6 (`hearflow prepare`, ~8 ms to encode) a 455 x 256 flow takes about 25-40 KB
 instead of the 466 KB of float16 ``.npy`` (bench/loader.py) and decodes in under a
 millisecond; `recompress_flow` re-encodes the same levels at zlib level 9
-(`hearflow pack`: ~9 % smaller, ~60 ms to encode, the same decoding time).
+(`hearflow pack`: ~9 % smaller, ~57 ms to encode, the same decoding time; bench/loader.py).
 
 The training transforms resize the flow with filters whose weights are non-negative
 and sum to one, and scale it by new size / old size (<= 1 for the working sizes), so
@@ -67,7 +67,7 @@ def encode_flow(flow: np.ndarray, step: float = FLOW_STEP, zlib_level: int = PRE
         raise HearflowError("the flow holds NaN or infinite values")
     step = flow_step_for(flow, step)
     levels = np.rint(flow / np.float32(step)).astype(np.int32)
-    return _encode_levels(np.stack([levels[..., 0], levels[..., 1]]), step, zlib_level)
+    return _encode_levels(np.moveaxis(levels, -1, 0), step, zlib_level)
 
 
 def recompress_flow(data: bytes, zlib_level: int = PACK_ZLIB_LEVEL) -> bytes:
@@ -78,7 +78,7 @@ def recompress_flow(data: bytes, zlib_level: int = PACK_ZLIB_LEVEL) -> bytes:
 
 def _encode_levels(levels: np.ndarray, step: float, zlib_level: int) -> bytes:
     """Integer levels ``2 x H x W`` (dx plane, dy plane) and their step -> flow PNG bytes."""
-    image = (levels.reshape(-1, levels.shape[-1]).astype(np.int32) + _OFFSET).astype(np.uint16)
+    image = (levels.reshape(-1, levels.shape[-1]) + np.int32(_OFFSET)).astype(np.uint16)
     options = [cv2.IMWRITE_PNG_COMPRESSION, int(zlib_level), cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
     ok, encoded = cv2.imencode(".png", image, options)
     if not ok:
