@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import zlib
 
 import cv2
 import numpy as np
@@ -89,6 +90,42 @@ def test_recompressing_a_flow_keeps_its_levels_and_step_and_saves_bytes():
     # Smooth motion (what a video's flow mostly is) compresses a few per cent better at level 9.
     smooth = cv2.GaussianBlur(rng.normal(0, 6.0, (256, 455, 2)).astype(np.float32), (0, 0), 8)
     assert len(recompress_flow(encode_flow(smooth))) < 0.97 * len(encode_flow(smooth))
+
+
+def _png_of(pixels: np.ndarray, png_filter: int) -> bytes:
+    ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_FILTER, png_filter])
+    assert ok
+    return data.tobytes()
+
+
+def test_the_fast_png_decoder_gives_opencvs_pixels_or_leaves_the_png_to_opencv():
+    """`_decode_up_filtered` (libdeflate + a prefix sum over rows) against libpng on random
+    16-bit images of many shapes (1 row, odd heights, several IDAT chunks); PNGs it does not
+    handle (other filters, 8-bit, RGB, a damaged CRC or stream) are None, so OpenCV decodes them."""
+    from hearflow.data.codecs import _decode_up_filtered
+
+    rng = np.random.default_rng(6)
+    for height, width in [(1, 1), (1, 7), (2, 3), (37, 61), (512, 455), (300, 1000)]:
+        smooth = cv2.GaussianBlur(rng.normal(32768, 3000, (height, width)), (0, 0), 2) if height > 1 else \
+            rng.normal(32768, 3000, (height, width))
+        for pixels in (np.clip(smooth, 0, 65535).astype(np.uint16), rng.integers(0, 65536, (height, width), np.uint16)):
+            for png_filter in (cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_FILTER_NONE):
+                np.testing.assert_array_equal(_decode_up_filtered(_png_of(pixels, png_filter)), pixels)
+    pixels = rng.integers(0, 65536, (40, 50), np.uint16)
+    others = [_png_of(pixels, cv2.IMWRITE_PNG_FILTER_PAETH), _png_of(pixels, cv2.IMWRITE_PNG_FILTER_SUB),
+              _png_of((pixels >> 8).astype(np.uint8), cv2.IMWRITE_PNG_FILTER_UP),
+              _png_of(np.dstack([pixels] * 3), cv2.IMWRITE_PNG_FILTER_UP)]
+    up = _png_of(pixels, cv2.IMWRITE_PNG_FILTER_UP)
+    idat = up.index(b"IDAT")
+    damaged_crc = up[: idat + 20] + bytes([up[idat + 20] ^ 1]) + up[idat + 21 :]
+    assert all(_decode_up_filtered(data) is None for data in others + [damaged_crc, up[:-20], up[:40]])
+    for data in others[:2]:  # filters it leaves to OpenCV still decode, through OpenCV
+        text = b"hearflow-flow-step\x000.03125"
+        chunk = len(text).to_bytes(4, "big") + b"tEXt" + text + zlib.crc32(b"tEXt" + text).to_bytes(4, "big")
+        levels, step = decode_flow_levels(data[:33] + chunk + data[33:])
+        np.testing.assert_array_equal(levels.reshape(40, 50), (pixels ^ 32768).view(np.int16))
+    with pytest.raises(HearflowError, match="damaged"):
+        decode_flow(encode_flow(np.ones((8, 8, 2), np.float32))[:-30])
 
 
 def test_the_optimised_jpeg_gives_the_pixels_of_the_plain_one_in_fewer_bytes():

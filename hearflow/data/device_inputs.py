@@ -12,11 +12,11 @@ antialiased bilinear for the flow), the crop, the flip, the normalisation and th
 spectrogram (`torch_spectrogram`).
 
 Numerically this is the CPU training transform made by other code: torch's
-antialiased filters are Pillow's, evaluated in float instead of Pillow's fixed point
-(each pass rounded and clipped to 8 bits as Pillow's are), so on the CPU images differ
-from the CPU path's by a grey level (two where both passes round the other way) on
-~0.3 % of the pixels and flows by float
-rounding (tests/test_device_inputs.py); nvJPEG's IDCT may differ from libjpeg's by a
+antialiased filters are Pillow's, evaluated in float instead of the fixed point of the
+CPU path's uint8 kernel (each pass rounded and clipped to 8 bits as it does), so on the
+CPU images differ from the CPU path's by a grey level (two where both passes round the
+other way) on under 1 % of the pixels and flows by float rounding
+(tests/test_device_inputs.py); nvJPEG's IDCT may differ from libjpeg's by a
 level here and there on top (not measurable without a GPU). Evaluation always uses the
 CPU test transform.
 """
