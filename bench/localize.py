@@ -8,7 +8,7 @@
    decode, flow, audio window, spectrogram, model, heatmap, overlay blend, H.264 + AAC, JSON) in a
    subprocess, for each configuration: the reference (this repository at `--reference`, by default
    the commit before issue 19: eager float32 torch), and this tree's backends (torch float32
-   channels-last, onnx, torch bfloat16). Configurations alternate, rotated each of `--repeats`
+   channels-last, onnx, openvino when installed, torch bfloat16). Configurations alternate, rotated each of `--repeats`
    rounds, so a drift in the machine's load falls on all of them; each prints the median and the
    range of its frames/s (wall clock, start-up included) and its ratio to the reference's median
    on the same clip and flow. The start-up alone (`--key-frame --no-video`) is timed once each.
@@ -47,6 +47,7 @@ CONFIGS = {  # name -> (tree, flags); "reference" runs the code of --reference
     "reference": ("reference", []),
     "torch": ("here", ["--backend", "torch"]),
     "onnx": ("here", ["--backend", "onnx"]),
+    "openvino": ("here", ["--backend", "openvino"]),
     "torch-bf16": ("here", ["--backend", "torch", "--precision", "bfloat16"]),
 }
 RUN = """
@@ -88,7 +89,7 @@ def run_localize(tree: Path, clip: Path, checkpoint: Path, out: Path, flags: lis
 
 def model_alone(model: torch.nn.Module, steps: int, batch_size: int = 16) -> dict[str, float]:
     """Frames/s of each backend's forward over `steps` pre-made inputs (and of the eager model)."""
-    from hearflow.backends import example_inputs, make_backend
+    from hearflow.backends import example_inputs, make_backend, openvino_available
 
     shapes = example_inputs(model.config, batch_size)
     generator = torch.Generator().manual_seed(0)
@@ -100,7 +101,9 @@ def model_alone(model: torch.nn.Module, steps: int, batch_size: int = 16) -> dic
             return model.to(memory_format=torch.contiguous_format)(*inputs).similarity
 
     runners = {"eager float32 (reference)": eager}
-    for name, precision in (("torch", "float32"), ("onnx", "float32"), ("torch", "bfloat16")):
+    for name, precision in (("torch", "float32"), ("onnx", "float32"), ("openvino", "float32"), ("torch", "bfloat16")):
+        if name == "openvino" and not openvino_available():
+            continue
         runners[f"{name} {precision}"] = make_backend(name, model, torch.device("cpu"), precision=precision).maps
     for name, run in runners.items():
         run(*(x[:2] for x in batch))  # warm-up
@@ -177,6 +180,11 @@ def main() -> None:
     parser.add_argument("--reference", default=REFERENCE, help=f"commit of the reference (default {REFERENCE})")
     args = parser.parse_args()
 
+    from hearflow.backends import openvino_available
+
+    if not openvino_available():
+        print("openvino is not installed (pip install 'hearflow[openvino]'): its configuration is skipped")
+        del CONFIGS["openvino"]
     torch.manual_seed(0)
     model = build_model(args.preset).eval()
     with tempfile.TemporaryDirectory(prefix="bench-localize-") as folder:

@@ -11,8 +11,11 @@ own-pair similarity maps `HTF.forward` gives (``.similarity``); `hearflow locali
   CPU has AVX512-BF16 or AMX, and then refused elsewhere with a fallback to float32).
 - ``onnx``: the model exported to ONNX (`export_onnx`, in memory) and run by ONNX
   Runtime (the optional extra ``pip install hearflow[onnx]``), float32.
-- ``auto``: ``onnx`` on the CPU when ONNX Runtime is installed (the fastest float32
-  path measured, bench/README.md), else ``torch``.
+- ``openvino``: the same graph compiled by OpenVINO for the CPU (the optional extra
+  ``pip install hearflow[openvino]``), float32 (its precision hint pinned: on CPUs
+  with AMX it would otherwise run in bfloat16).
+- ``auto``: on the CPU in float32 the first installed of ``openvino`` and ``onnx``
+  (in the order of their measured speed, bench/README.md), else ``torch``.
 
 Object fusion (OGL, ``object_fusion > 0``) wraps either backend (`ObjectFused`): the
 object-saliency trunk runs in torch beside it and the maps are blended after, outside
@@ -38,17 +41,29 @@ import torch
 from hearflow.errors import HearflowError
 from hearflow.model.saliency import fuse_object_saliency, object_saliency
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("float32", "bfloat16")
 ONNX_OPSET = 17
 ONNX_EXTRA = "pip install 'hearflow[onnx]' (onnx and onnxruntime)"
+OPENVINO_EXTRA = "pip install 'hearflow[openvino]' (onnx and openvino)"
 
 
 def onnx_available() -> bool:
     """Whether the optional ONNX packages (onnx, onnxruntime) can be imported."""
+    return _importable("onnx", "onnxruntime")
+
+
+def openvino_available() -> bool:
+    """Whether the optional OpenVINO packages (onnx, openvino) can be imported."""
+    return _importable("onnx", "openvino")
+
+
+def _importable(*modules: str) -> bool:
+    import importlib
+
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        for module in modules:
+            importlib.import_module(module)
     except ImportError:
         return False
     return True
@@ -175,6 +190,33 @@ class OnnxBackend:
         return torch.from_numpy(self.session.run(["similarity"], feed)[0])
 
 
+class OpenVinoBackend:
+    """The model exported to ONNX (`export_onnx`) and compiled by OpenVINO for the CPU, float32."""
+
+    name = "openvino"
+
+    def __init__(self, model: torch.nn.Module, flow_fusion: float, uses_flow: bool, threads: int | None = None) -> None:
+        import openvino
+
+        core = openvino.Core()
+        graph = core.read_model(model=export_onnx(model, flow_fusion if uses_flow else 0.0), weights=b"")
+        self.compiled = core.compile_model(graph, "CPU", {
+            "INFERENCE_NUM_THREADS": str(int(threads or torch.get_num_threads())),
+            "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+            # its threads stay unpinned: the cores are shared with the threads making the inputs
+            "ENABLE_CPU_PINNING": "NO"})
+        self.names = input_names(uses_flow)  # the graph's inputs, in its order (a port may carry other names too)
+        self.request = self.compiled.create_infer_request()
+
+    def maps(self, image: torch.Tensor, flow: torch.Tensor | None, spectrogram: torch.Tensor) -> torch.Tensor:
+        """Own-pair maps, float32 N x h x w on the CPU, of a batch of inputs (`HTF.forward`'s)."""
+        given = {"image": image, "flow": flow, "spectrogram": spectrogram}
+        feed = {index: np.ascontiguousarray(given[name].detach().cpu().numpy(), dtype=np.float32)
+                for index, name in enumerate(self.names)}
+        result = self.request.infer(feed)
+        return torch.from_numpy(np.array(result[self.compiled.outputs[0]], dtype=np.float32))
+
+
 class ObjectFused:
     """A backend whose maps are blended with object saliency (OGL) after it ran, outside its graph:
     `hearflow.model.saliency.fuse_object_saliency` of the inner backend's maps and a saliency trunk's."""
@@ -197,9 +239,9 @@ def make_backend(name: str, model: torch.nn.Module, device: torch.device, flow_f
     """The backend ``name`` (`BACKENDS`) for ``model`` on ``device`` with late fusion ``flow_fusion``,
     wrapped in `ObjectFused` when ``object_fusion`` > 0 (saliency trunk: ``object_weights``).
 
-    Falls back to ``torch`` with a warning when the choice cannot run here: ``onnx``
-    without its packages or off the CPU or with bfloat16, bfloat16 on a CPU without
-    native support (float32 then).
+    Falls back to ``torch`` with a warning when the choice cannot run here: ``onnx`` or
+    ``openvino`` without its packages or off the CPU or with bfloat16, bfloat16 on a CPU
+    without native support (float32 then).
     """
     if name not in BACKENDS:
         raise HearflowError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -215,14 +257,18 @@ def make_backend(name: str, model: torch.nn.Module, device: torch.device, flow_f
     if precision == "bfloat16" and device.type == "cpu" and not bfloat16_supported():
         _warn("this CPU has no native bfloat16 (AVX512-BF16 or AMX): running in float32")
         precision = "float32"
+    exported = {"openvino": (openvino_available, OpenVinoBackend, "OpenVINO", OPENVINO_EXTRA),
+                "onnx": (onnx_available, OnnxBackend, "ONNX Runtime", ONNX_EXTRA)}
     if name == "auto":
-        name = "onnx" if device.type == "cpu" and precision == "float32" and onnx_available() else "torch"
-    if name == "onnx":
-        problem = ("ONNX Runtime is not installed: " + ONNX_EXTRA if not onnx_available()
-                   else "the onnx backend runs on the CPU only" if device.type != "cpu"
-                   else "the onnx backend runs in float32 only" if precision != "float32" else None)
+        usable = [choice for choice, (available, *_) in exported.items() if available()]
+        name = usable[0] if device.type == "cpu" and precision == "float32" and usable else "torch"
+    if name in exported:
+        available, backend, label, extra = exported[name]
+        problem = (f"{label} is not installed: {extra}" if not available()
+                   else f"the {name} backend runs on the CPU only" if device.type != "cpu"
+                   else f"the {name} backend runs in float32 only" if precision != "float32" else None)
         if problem is None:
-            return OnnxBackend(model, flow_fusion, uses_flow)
+            return backend(model, flow_fusion, uses_flow)
         _warn(f"{problem}; using the torch backend")
     return TorchBackend(model, device, flow_fusion, uses_flow, precision)
 

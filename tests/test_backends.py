@@ -23,6 +23,9 @@ from hearflow.synthetic.presets import demo_config
 
 needs_onnx = pytest.mark.skipif(not backends.onnx_available(),
                                 reason="ONNX Runtime is not installed (pip install 'hearflow[onnx]')")
+needs_openvino = pytest.mark.skipif(not backends.openvino_available(),
+                                    reason="OpenVINO is not installed (pip install 'hearflow[openvino]')")
+EXPORTED = [pytest.param("onnx", marks=needs_onnx), pytest.param("openvino", marks=needs_openvino)]
 WIDTH, HEIGHT = 160, 96  # the frame the heatmaps are compared at
 
 
@@ -60,12 +63,12 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     return float(np.mean(same)), float(np.max(diffs))
 
 
-@needs_onnx
+@pytest.mark.parametrize("name", EXPORTED)
 @pytest.mark.parametrize("prior, flow_fusion", [("spatial", 0.0), ("channel", 0.0), ("none", 0.0), ("none", 1.0)])
-def test_onnx_runtime_keeps_the_eager_maps(prior, flow_fusion):
+def test_exported_backends_keep_the_eager_maps(name, prior, flow_fusion):
     model = small_model(1, prior=prior)
-    backend = make_backend("onnx", model, torch.device("cpu"), flow_fusion)
-    assert backend.name == "onnx"
+    backend = make_backend(name, model, torch.device("cpu"), flow_fusion)
+    assert backend.name == name
     references, outputs = [], []
     for seed in range(5):  # 5 batches of 24, the last one of another size: the batch axis is free
         batch = inputs(model, 24 if seed < 4 else 7, seed)
@@ -91,10 +94,13 @@ def test_unavailable_choices_fall_back_to_torch_with_a_warning(monkeypatch, caps
     model = small_model(3)
     monkeypatch.setattr(backends, "_warned", set())
     monkeypatch.setattr(backends, "onnx_available", lambda: False)
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
     assert make_backend("auto", model, torch.device("cpu")).name == "torch"
-    assert capsys.readouterr().err == ""  # auto says nothing: torch is what it picks without the extra
+    assert capsys.readouterr().err == ""  # auto says nothing: torch is what it picks without the extras
     assert make_backend("onnx", model, torch.device("cpu")).name == "torch"
     assert "hearflow[onnx]" in capsys.readouterr().err
+    assert make_backend("openvino", model, torch.device("cpu")).name == "torch"
+    assert "hearflow[openvino]" in capsys.readouterr().err
     monkeypatch.setattr(backends, "bfloat16_supported", lambda: False)
     backend = make_backend("torch", model, torch.device("cpu"), precision="bfloat16")
     assert backend.precision == "float32" and "no native bfloat16" in capsys.readouterr().err
@@ -102,6 +108,26 @@ def test_unavailable_choices_fall_back_to_torch_with_a_warning(monkeypatch, caps
         make_backend("tensorrt", model, torch.device("cpu"))
     with pytest.raises(HearflowError, match="unknown precision"):
         make_backend("torch", model, torch.device("cpu"), precision="int4")
+
+
+@needs_onnx
+@needs_openvino
+def test_auto_takes_the_first_installed_exported_backend_on_the_cpu_in_float32(monkeypatch):
+    model = small_model(5)
+    assert make_backend("auto", model, torch.device("cpu")).name == "openvino"
+    assert make_backend("auto", model, torch.device("cpu"), precision="bfloat16").name == "torch"
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    assert make_backend("auto", model, torch.device("cpu")).name == "onnx"
+
+
+def test_the_cli_offers_every_backend():
+    from hearflow.cli.models import backend_options
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    backend_options(parser)
+    choices = next(action.choices for action in parser._actions if action.dest == "backend")
+    assert tuple(choices) == backends.BACKENDS
 
 
 def test_bfloat16_runs_and_stays_near_float32():
