@@ -14,8 +14,9 @@ own-pair similarity maps `HTF.forward` gives (``.similarity``); `hearflow locali
 - ``openvino``: the same graph compiled by OpenVINO for the CPU (the optional extra
   ``pip install hearflow[openvino]``), float32 (its precision hint pinned: on CPUs
   with AMX it would otherwise run in bfloat16).
-- ``auto``: on the CPU in float32 the first installed of ``openvino`` and ``onnx``
-  (in the order of their measured speed, bench/README.md), else ``torch``.
+- ``auto``: ``onnx`` on the CPU in float32 when ONNX Runtime is installed, else
+  ``openvino`` when it is, else ``torch`` (OpenVINO was not consistently faster than ONNX
+  Runtime end to end, bench/README.md).
 
 Object fusion (OGL, ``object_fusion > 0``) wraps either backend (`ObjectFused`): the
 object-saliency trunk runs in torch beside it and the maps are blended after, outside
@@ -257,8 +258,8 @@ def make_backend(name: str, model: torch.nn.Module, device: torch.device, flow_f
     if precision == "bfloat16" and device.type == "cpu" and not bfloat16_supported():
         _warn("this CPU has no native bfloat16 (AVX512-BF16 or AMX): running in float32")
         precision = "float32"
-    exported = {"openvino": (openvino_available, OpenVinoBackend, "OpenVINO", OPENVINO_EXTRA),
-                "onnx": (onnx_available, OnnxBackend, "ONNX Runtime", ONNX_EXTRA)}
+    exported = {"onnx": (onnx_available, OnnxBackend, "ONNX Runtime", ONNX_EXTRA),  # auto's order
+                "openvino": (openvino_available, OpenVinoBackend, "OpenVINO", OPENVINO_EXTRA)}
     if name == "auto":
         usable = [choice for choice, (available, *_) in exported.items() if available()]
         name = usable[0] if device.type == "cpu" and precision == "float32" and usable else "torch"

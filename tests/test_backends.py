@@ -114,10 +114,10 @@ def test_unavailable_choices_fall_back_to_torch_with_a_warning(monkeypatch, caps
 @needs_openvino
 def test_auto_takes_the_first_installed_exported_backend_on_the_cpu_in_float32(monkeypatch):
     model = small_model(5)
-    assert make_backend("auto", model, torch.device("cpu")).name == "openvino"
-    assert make_backend("auto", model, torch.device("cpu"), precision="bfloat16").name == "torch"
-    monkeypatch.setattr(backends, "openvino_available", lambda: False)
     assert make_backend("auto", model, torch.device("cpu")).name == "onnx"
+    assert make_backend("auto", model, torch.device("cpu"), precision="bfloat16").name == "torch"
+    monkeypatch.setattr(backends, "onnx_available", lambda: False)
+    assert make_backend("auto", model, torch.device("cpu")).name == "openvino"
 
 
 def test_the_cli_offers_every_backend():

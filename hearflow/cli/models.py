@@ -183,8 +183,8 @@ def _run_calibrate(args) -> int:
 def backend_options(parser) -> None:
     parser.add_argument("--backend", choices=("auto", "torch", "onnx", "openvino"), default="auto",
                         help="what runs the model: torch, onnx (ONNX Runtime, the optional extra hearflow[onnx]) "
-                        "or openvino (OpenVINO, the extra hearflow[openvino]); auto (default): on the CPU the "
-                        "first installed of openvino and onnx (the faster first), else torch")
+                        "or openvino (OpenVINO, the extra hearflow[openvino]); auto (default): on the CPU onnx when "
+                        "installed, else openvino when installed, else torch")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16 runs the torch backend under autocast: faster on CPUs with AVX512-BF16 or "
                         "AMX (float32 elsewhere, with a warning) but less exact: on the demo's models the peak cell "

@@ -50,7 +50,7 @@ class Localizer:
     runs on a GPU (the inputs are then the whole cost), one when it runs on the CPU
     (whose cores the model needs). The results do not depend on it.
     backend, precision: what runs the model (`hearflow.backends.make_backend`: ``auto``
-    = OpenVINO or else ONNX Runtime on the CPU when installed, else torch; ``float32`` or
+    = ONNX Runtime or else OpenVINO on the CPU when installed, else torch; ``float32`` or
     ``bfloat16``).
     trained_on_synthetic: the checkpoint says its model saw only synthetic clips
     (`from_checkpoint` sets it; `hearflow localize` then says so once).
