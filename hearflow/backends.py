@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -208,14 +209,16 @@ class OpenVinoBackend:
             "ENABLE_CPU_PINNING": "NO"})
         self.names = input_names(uses_flow)  # the graph's inputs, in its order (a port may carry other names too)
         self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()  # one request: calls from several threads (hearflow serve) take turns
 
     def maps(self, image: torch.Tensor, flow: torch.Tensor | None, spectrogram: torch.Tensor) -> torch.Tensor:
         """Own-pair maps, float32 N x h x w on the CPU, of a batch of inputs (`HTF.forward`'s)."""
         given = {"image": image, "flow": flow, "spectrogram": spectrogram}
         feed = {index: np.ascontiguousarray(given[name].detach().cpu().numpy(), dtype=np.float32)
                 for index, name in enumerate(self.names)}
-        result = self.request.infer(feed)
-        return torch.from_numpy(np.array(result[self.compiled.outputs[0]], dtype=np.float32))
+        with self.lock:
+            result = self.request.infer(feed)
+            return torch.from_numpy(np.array(result[self.compiled.outputs[0]], dtype=np.float32))
 
 
 class ObjectFused:

@@ -160,3 +160,18 @@ def test_export_writes_a_file_that_runs_alone(tmp_path, capsys):
     np.testing.assert_allclose(maps, eager(model, *batch), atol=1e-4)
     assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.onnx")]) == 1
     assert "cannot read checkpoint" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_exported_backends_give_each_thread_its_own_maps(name):
+    """`hearflow serve` calls one backend from several threads: each call gets its inputs' maps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = small_model(6)
+    backend = make_backend(name, model, torch.device("cpu"))
+    batches = [inputs(model, 3 + seed, seed) for seed in range(6)]
+    alone = [backend.maps(*batch).numpy() for batch in batches]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda batch: backend.maps(*batch).numpy(), batches))
+    for one, other in zip(alone, together):
+        np.testing.assert_array_equal(one, other)
