@@ -14,6 +14,10 @@ panning texture, moving blobs, film grain, noisy stereo audio; prepared with the
   decoded and re-encoded both ways, pixels compared), the flow PNG at prepare's zlib
   level and as pack re-encodes it, FLAC at its default and its strongest level, and a
   whole `hearflow pack` of the folder;
+- the loader's fast parts alone against what they replaced (`decode_and_resize_costs`):
+  the flow PNG decoded by OpenCV and by `hearflow.data.codecs`, its image data inflated
+  by zlib and by libdeflate, the training frame resized by Pillow's ``box`` and by
+  torch's uint8 kernel, and the share of pixels that resize moves against Pillow's;
 - CPU time per training sample of one loader worker (read, decode, transforms,
   collation into batches of 32), measured in this process with ``time.process_time``
   (a worker is one such process): the reference is the loader before issue 18, restated
@@ -180,6 +184,54 @@ def encoding_costs(folder: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def decode_and_resize_costs(folder: Path, data) -> None:
+    """CPU ms per sample of the loader's fast decode and resize against what they replaced
+    (best of 3, each alone, on the folder's files), and how far the frame resize moves pixels."""
+    import zlib
+
+    import deflate
+
+    from hearflow.data.codecs import _png_chunks, decode_flow_levels
+    from hearflow.data.transforms import _train_image, train_crop
+
+    flows = [p.read_bytes() for p in sorted((folder / "flow").glob("*.png"))]
+    idats = [b"".join(body for kind, body, _ in _png_chunks(d) if kind == b"IDAT") for d in flows]
+    frames = [cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+              for p in sorted((folder / "frames").glob("*.jpg"))]
+    crops = [train_crop(f.shape[1], f.shape[0], data, np.random.default_rng(i)) for i, f in enumerate(frames)]
+    size = len(zlib.decompress(idats[0]))
+
+    def pillow_box(pair):
+        frame, crop = pair
+        box = crop.box(frame.shape[1], frame.shape[0])
+        return np.asarray(Image.fromarray(frame).resize((crop.size, crop.size), Image.BICUBIC, box=box))
+
+    def pillow_whole(pair):
+        frame, crop = pair
+        return np.asarray(Image.fromarray(frame).resize(crop.target, Image.BICUBIC))
+
+    pairs = list(zip(frames, crops))
+    flows, idats, timed_pairs = flows * 25, idats * 25, pairs * 25  # ~200 calls a timing
+    rows = {
+        "flow PNG to levels, OpenCV / hearflow": (
+            (lambda d: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_UNCHANGED), flows),
+            (decode_flow_levels, flows)),
+        "its image data inflated, zlib / libdeflate": (
+            (zlib.decompress, idats), (lambda d: deflate.zlib_decompress(d, size), idats)),
+        "training frame resize, Pillow box / torch": ((pillow_box, timed_pairs),
+                                                      (lambda pair: _train_image(*pair), timed_pairs)),
+    }
+    print("decode and resize, alone (CPU ms per sample, best of 3):")
+    for label, ((first, items), (second, _)) in rows.items():
+        first_ms, second_ms = _best_cpu_ms(first, items)[0], _best_cpu_ms(second, items)[0]
+        print(f"  {label:44s} {first_ms:6.2f} / {second_ms:6.2f} ms = {first_ms / second_ms:.2f}x faster")
+    moved = [np.abs(_train_image(*pair).transpose(1, 2, 0).astype(int) - pillow_whole(pair)[
+        pair[1].top : pair[1].top + pair[1].size, pair[1].left : pair[1].left + pair[1].size].astype(int))
+        for pair in pairs]
+    print(f"  torch's frame resize against Pillow's whole-frame resize: {np.mean([(m > 0).mean() for m in moved]):.2%}"
+          f" of pixels differ, by at most {max(m.max() for m in moved)} grey levels")
+
+
 def reference_item(folder: PreparedFolder, sample_id: str, data, rng: np.random.Generator) -> dict:
     """One training item as the loader before issue 18 made it (restated)."""
     paths = folder.paths(sample_id)
@@ -273,6 +325,7 @@ def main() -> int:
         report_sizes(folder, legacy, shards, root / "videos")
         encoding_costs(folder)
         config = preset_config("htf")
+        decode_and_resize_costs(folder, config.data)
         makers = variants(folder, legacy, shards, config)
         times: dict[str, list[float]] = {name: [] for name in makers}
         names = list(makers)

@@ -186,10 +186,15 @@ class OnnxBackend:
 
     def maps(self, image: torch.Tensor, flow: torch.Tensor | None, spectrogram: torch.Tensor) -> torch.Tensor:
         """Own-pair maps, float32 N x h x w on the CPU, of a batch of inputs (`HTF.forward`'s)."""
-        given = {"image": image, "flow": flow, "spectrogram": spectrogram}
-        feed = {name: np.ascontiguousarray(given[name].detach().cpu().numpy(), dtype=np.float32)
-                for name in self.names}
+        feed = dict(zip(self.names, _graph_inputs(self.names, image, flow, spectrogram)))
         return torch.from_numpy(self.session.run(["similarity"], feed)[0])
+
+
+def _graph_inputs(names: list[str], image: torch.Tensor, flow: torch.Tensor | None,
+                  spectrogram: torch.Tensor) -> list[np.ndarray]:
+    """The exported graph's inputs ``names`` (`input_names`), in order, as contiguous float32 arrays."""
+    given = {"image": image, "flow": flow, "spectrogram": spectrogram}
+    return [np.ascontiguousarray(given[name].detach().cpu().numpy(), dtype=np.float32) for name in names]
 
 
 class OpenVinoBackend:
@@ -213,9 +218,7 @@ class OpenVinoBackend:
 
     def maps(self, image: torch.Tensor, flow: torch.Tensor | None, spectrogram: torch.Tensor) -> torch.Tensor:
         """Own-pair maps, float32 N x h x w on the CPU, of a batch of inputs (`HTF.forward`'s)."""
-        given = {"image": image, "flow": flow, "spectrogram": spectrogram}
-        feed = {index: np.ascontiguousarray(given[name].detach().cpu().numpy(), dtype=np.float32)
-                for index, name in enumerate(self.names)}
+        feed = dict(enumerate(_graph_inputs(self.names, image, flow, spectrogram)))
         with self.lock:
             result = self.request.infer(feed)
             return torch.from_numpy(np.array(result[self.compiled.outputs[0]], dtype=np.float32))

@@ -121,8 +121,9 @@ def test_auto_takes_the_first_installed_exported_backend_on_the_cpu_in_float32(m
 
 
 def test_the_cli_offers_every_backend():
-    from hearflow.cli.models import backend_options
     import argparse
+
+    from hearflow.cli.models import backend_options
 
     parser = argparse.ArgumentParser()
     backend_options(parser)

@@ -102,7 +102,11 @@ def test_the_fast_png_decoder_gives_opencvs_pixels_or_leaves_the_png_to_opencv()
     """`_decode_up_filtered` (libdeflate + a prefix sum over rows) against libpng on random
     16-bit images of many shapes (1 row, odd heights, several IDAT chunks); PNGs it does not
     handle (other filters, 8-bit, RGB, a damaged CRC or stream) are None, so OpenCV decodes them."""
-    from hearflow.data.codecs import _decode_up_filtered
+    from hearflow.data.codecs import _decode_up_filtered as decode_chunks
+    from hearflow.data.codecs import _png_chunks
+
+    def _decode_up_filtered(data):
+        return decode_chunks(_png_chunks(data))
 
     rng = np.random.default_rng(6)
     for height, width in [(1, 1), (1, 7), (2, 3), (37, 61), (512, 455), (300, 1000)]:

@@ -93,14 +93,14 @@ def _encode_levels(levels: np.ndarray, step: float, zlib_level: int) -> bytes:
 
 def read_flow_step(data: bytes) -> float:
     """The step recorded in a flow PNG; HearflowError when the bytes are not one."""
-    if not data.startswith(_PNG_SIGNATURE):
-        raise HearflowError("not a PNG file")
-    position = len(_PNG_SIGNATURE)
-    while position + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[position : position + 8])
+    return _flow_step(_png_chunks(data))
+
+
+def _flow_step(chunks: list[tuple[bytes, bytes, bool]]) -> float:
+    """The step of the first ``FLOW_STEP_KEY`` text chunk before the image data."""
+    for kind, body, _ in chunks:
         if kind == b"IDAT":
             break
-        body = data[position + 8 : position + 8 + length]
         if kind == b"tEXt" and body.startswith(FLOW_STEP_KEY + b"\0"):
             try:
                 step = float(body[len(FLOW_STEP_KEY) + 1 :].decode("ascii"))
@@ -109,19 +109,39 @@ def read_flow_step(data: bytes) -> float:
             if step > 0:
                 return step
             break
-        position += 12 + length
     raise HearflowError(f"a PNG without a valid {FLOW_STEP_KEY.decode()} entry is not a hearflow flow")
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes, bool]]:
+    """(type, body, whether its CRC matches) of each whole chunk of PNG bytes, up to and
+    including IEND (a file cut short ends at its last whole chunk); HearflowError without
+    the PNG signature."""
+    if not data.startswith(_PNG_SIGNATURE):
+        raise HearflowError("not a PNG file")
+    chunks, position = [], len(_PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        end = position + 8 + length
+        if end + 4 > len(data):
+            break
+        crc_matches = zlib.crc32(data[position + 4 : end]) == struct.unpack(">I", data[end : end + 4])[0]
+        chunks.append((kind, data[position + 8 : end], crc_matches))
+        if kind == b"IEND":
+            break
+        position = end + 4
+    return chunks
 
 
 def decode_flow_levels(data: bytes) -> tuple[np.ndarray, float]:
     """(int16 levels ``2 x H x W`` (dx plane, dy plane), step): flow = levels * step, pixels.
 
     The PNGs hearflow writes (16-bit greyscale, every row "up"-filtered) are decoded by
-    `_decode_up_filtered`, ~2.5x faster than OpenCV's libpng; any other PNG, and any
-    whose chunks do not check out, by OpenCV, which names what is wrong.
+    `_decode_up_filtered` (2.2-2.6x faster than OpenCV's libpng: bench/loader.py); any other
+    PNG, and any whose chunks do not check out, by OpenCV, which names what is wrong.
     """
-    step = read_flow_step(data)
-    image = _decode_up_filtered(data)
+    chunks = _png_chunks(data)
+    step = _flow_step(chunks)
+    image = _decode_up_filtered(chunks)
     if image is None:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.dtype != np.uint16 or image.ndim != 2 or image.shape[0] % 2:
@@ -130,59 +150,41 @@ def decode_flow_levels(data: bytes) -> tuple[np.ndarray, float]:
     return levels.reshape(2, image.shape[0] // 2, image.shape[1]), step
 
 
-def _decode_up_filtered(data: bytes) -> np.ndarray | None:
-    """uint16 ``H x W`` pixels of a 16-bit greyscale, non-interlaced PNG whose rows all use
-    the "none" or the "up" filter; None for any other PNG or one whose chunk CRCs, zlib
-    stream or length do not check out.
+def _decode_up_filtered(chunks: list[tuple[bytes, bytes, bool]]) -> np.ndarray | None:
+    """uint16 ``H x W`` pixels of a 16-bit greyscale, non-interlaced PNG (its `_png_chunks`)
+    whose rows all use the "up" filter, or all none; None for any other PNG, or one that is
+    cut short or whose CRCs, zlib stream or length do not check out.
 
-    libdeflate inflates the image data (`deflate`: ~10x faster than zlib here), and the
-    "up" filter (each byte plus the byte above it, modulo 256) is undone by a prefix sum
-    over the rows in log2(H) vectorised steps.
+    libdeflate inflates the image data (`deflate`: ~4x faster than zlib, bench/loader.py),
+    and the "up" filter (each byte plus the byte above it, modulo 256) is undone by a
+    prefix sum over the rows in log2(H) vectorised steps.
     """
-    chunks = _png_chunks(data)
-    if chunks is None or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
+    if not chunks or chunks[0][0] != b"IHDR" or chunks[-1][0] != b"IEND" or len(chunks[0][1]) != 13 \
+            or not all(crc_matches for _, _, crc_matches in chunks):
         return None
     width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
     if (depth, colour, compression, filtering, interlace) != (16, 0, 0, 0, 0) or not width or not height:
         return None
     row_bytes = 1 + 2 * width
     try:
-        raw = deflate.zlib_decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"), height * row_bytes)
+        raw = deflate.zlib_decompress(b"".join(body for kind, body, _ in chunks if kind == b"IDAT"),
+                                      height * row_bytes)
     except deflate.DeflateError:
         return None
     if len(raw) != height * row_bytes:
         return None
     rows = np.frombuffer(raw, np.uint8).reshape(height, row_bytes)
-    filters = rows[:, 0]
-    if (filters == 2).all() or (filters[0] == 0 and (filters[1:] == 2).all()):
+    if (rows[:, 0] == 2).all():
         pixels = np.array(rows[:, 1:])
         shift = 1
         while shift < height:
             pixels[shift:] += pixels[:-shift]  # numpy reads the overlapping rows before it writes
             shift *= 2
-    elif (filters == 0).all():
+    elif (rows[:, 0] == 0).all():
         pixels = rows[:, 1:]
     else:
         return None
     return pixels.view(">u2").astype(np.uint16)
-
-
-def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
-    """The (type, body) chunks of PNG bytes up to IEND, or None when the signature, a
-    length or a CRC is wrong."""
-    if not data.startswith(_PNG_SIGNATURE):
-        return None
-    chunks, position = [], len(_PNG_SIGNATURE)
-    while position + 12 <= len(data):
-        length, kind = struct.unpack(">I4s", data[position : position + 8])
-        end = position + 8 + length
-        if end + 4 > len(data) or zlib.crc32(data[position + 4 : end]) != struct.unpack(">I", data[end : end + 4])[0]:
-            return None
-        if kind == b"IEND":
-            return chunks
-        chunks.append((kind, data[position + 8 : end]))
-        position = end + 4
-    return None
 
 
 def decode_flow(data: bytes) -> np.ndarray:

@@ -14,15 +14,16 @@
 The test transform is the evaluation protocol and is computed exactly as the released
 code did. The training transform resizes the whole frame as the released training did,
 but with torch's antialiased bicubic on 8-bit levels (a fixed-point port of Pillow's
-filter, 2.5x faster: it rounds differently on ~0.35 % of the pixels, by one grey level,
-one in a million by two, with no bias), resizes only the crop's part of the flow
+filter, faster: it rounds differently on ~0.3 % of the pixels, by one grey level,
+rarely two, with no bias), resizes only the crop's part of the flow
 (Pillow's ``box``: the same filter at the same positions, ~1e-6 of the value apart) and
 computes the spectrogram in float32 (`torch_spectrogram`): the same distribution of
 inputs, faster (bench/loader.py).
 
-Resizing is Pillow's (installed with torchvision), as in the released code, which
-resized PIL images (the training frame: torch's port of it, above): the frame with antialiased bicubic (OpenCV's ``INTER_CUBIC`` does
-not antialias and differs by ~6 grey levels on textured frames shrunk to 224), signed
+Resizing is Pillow's (installed with torchvision; for the training frame torch's port
+of it, above), as in the released code, which resized PIL images: the frame with
+antialiased bicubic (OpenCV's ``INTER_CUBIC`` does not antialias and differs by ~6 grey
+levels on textured frames shrunk to 224), signed
 flow with antialiased bilinear (no overshoot of the motion field), ``official`` flow as
 the released 8-bit flow images (bicubic).
 
@@ -251,8 +252,9 @@ def _train_image(frame: np.ndarray, crop: TrainCrop) -> np.ndarray:
 
     The whole frame is resized to ``crop.target`` as the released training did, with
     torch's antialiased bicubic on 8-bit levels (a fixed-point port of Pillow's filter,
-    2.5x faster than Pillow's ``box`` resize of the crop alone here; it rounds differently
-    from Pillow on ~0.5 % of the pixels, by one or two grey levels), then cropped.
+    faster than Pillow's ``box`` resize of the crop alone: bench/loader.py; it rounds
+    differently from Pillow on ~0.3 % of the pixels, by one grey level, rarely two), then
+    cropped.
     """
     levels = torch.from_numpy(frame).permute(2, 0, 1)[None]
     resized = F.interpolate(levels, size=(crop.target[1], crop.target[0]), mode="bicubic", antialias=True)[0]
